@@ -1,0 +1,33 @@
+"""bitat-keras: BiTAT binarization for Keras 3, exported with larq-compute-engine."""
+
+from bitat_keras import (
+    analysis,
+    constraints,
+    datasets,
+    layers,
+    models,
+    quantizers,
+    regularizers,
+    transform,
+)
+from bitat_keras.config import BiTATConfig
+from bitat_keras.models import binarize
+from bitat_keras.progressive import BiTATResult, NonFiniteLossError, progressive_fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BiTATConfig",
+    "analysis",
+    "datasets",
+    "BiTATResult",
+    "NonFiniteLossError",
+    "binarize",
+    "constraints",
+    "layers",
+    "models",
+    "progressive_fit",
+    "quantizers",
+    "regularizers",
+    "transform",
+]

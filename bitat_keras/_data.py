@@ -1,0 +1,111 @@
+"""Uniform access to training data given as numpy arrays or a tf.data.Dataset."""
+
+import math
+
+import numpy as np
+
+
+def _is_tf_dataset(data):
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+class TrainData:
+    """Validated (x, y) data for one model.
+
+    Args:
+        data: ``(x, y)`` numpy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+        model: the model the data must fit (input shape, number of classes).
+        batch_size: batch size for numpy arrays.
+        what: name used in error messages ("train_data", "validation_data").
+    """
+
+    def __init__(self, data, model, batch_size, what="train_data"):
+        self.what = what
+        self.batch_size = int(batch_size)
+        self.dataset = None
+        if _is_tf_dataset(data):
+            self.dataset = data
+            first = next(iter(data.take(1)), None)
+            if first is None:
+                raise ValueError(f"`{what}` is an empty dataset: it yielded no batch.")
+            if not isinstance(first, tuple | list) or len(first) != 2:
+                raise ValueError(
+                    f"`{what}` must yield (x, y) batches. Received elements of structure "
+                    f"{data.element_spec}"
+                )
+            x, y = (np.asarray(t) for t in first)
+            self._check(x, y, model)
+            card = int(data.cardinality())
+            self.steps = card if card > 0 else sum(1 for _ in data)
+        elif isinstance(data, tuple | list) and len(data) == 2:
+            x, y = np.asarray(data[0]), np.asarray(data[1])
+            if len(x) != len(y):
+                raise ValueError(
+                    f"`{what}`: x and y have different lengths ({len(x)} and {len(y)})."
+                )
+            self._check(x, y, model)
+            self.x, self.y = x.astype("float32", copy=False), y
+            self.steps = math.ceil(len(x) / self.batch_size)
+        else:
+            raise TypeError(
+                f"`{what}` must be a tuple (x, y) of numpy arrays or a tf.data.Dataset of "
+                f"(x, y) batches. Received: {type(data).__name__}"
+            )
+
+    def _check(self, x, y, model):
+        if len(x) == 0:
+            raise ValueError(f"`{self.what}` is empty: it holds no sample.")
+        expected = tuple(model.inputs[0].shape[1:])
+        got = tuple(x.shape[1:])
+        if len(got) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, got, strict=False)
+        ):
+            raise ValueError(
+                f"`{self.what}` samples have shape {got} but model {model.name!r} expects "
+                f"{expected}."
+            )
+        classes = model.outputs[0].shape[-1]
+        y = np.asarray(y)
+        if y.ndim > 1 and y.shape[-1] == 1:
+            y = y[..., 0]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+            raise ValueError(
+                f"`{self.what}` labels must be integer class ids of shape (N,). "
+                f"Received labels of shape {y.shape} and dtype {y.dtype}."
+            )
+        if np.any(y != np.round(y)) or y.min() < 0 or (classes and y.max() >= classes):
+            raise ValueError(
+                f"`{self.what}` labels must be integers in [0, {classes}) for model "
+                f"{model.name!r}. Received values in [{y.min()}, {y.max()}]."
+            )
+
+    def fit_kwargs(self):
+        if self.dataset is not None:
+            return {"x": self.dataset}
+        return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
+
+    def images(self, n, seed):
+        """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
+        if self.dataset is None:
+            n = min(n, len(self.x))
+            idx = np.random.default_rng(seed).choice(len(self.x), size=n, replace=False)
+            return self.x[np.sort(idx)]
+        out, total = [], 0
+        for x, _ in self.dataset:
+            out.append(np.asarray(x))
+            total += len(out[-1])
+            if total >= n:
+                break
+        return np.concatenate(out)[:n].astype("float32")
+
+    def batches(self, n, seed):
+        """Up to ``n`` batches of inputs, for re-estimating BatchNorm statistics."""
+        if self.dataset is None:
+            order = np.random.default_rng(seed).permutation(len(self.x))
+            for i in range(min(n, self.steps)):
+                yield self.x[np.sort(order[i * self.batch_size : (i + 1) * self.batch_size])]
+            return
+        for i, (x, _) in enumerate(self.dataset):
+            if i >= n:
+                return
+            yield np.asarray(x, dtype="float32")

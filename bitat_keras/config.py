@@ -1,0 +1,107 @@
+"""BiTATConfig: every hyperparameter of the method in one serializable place."""
+
+import dataclasses
+import json
+
+from bitat_keras import quantizers
+from bitat_keras.transform import TRANSFORMS
+
+
+@dataclasses.dataclass
+class BiTATConfig:
+    """Hyperparameters of BiTAT (paper Sec. 7.1 defaults for CIFAR-100).
+
+    Args:
+        lam: weight lambda of the dependency penalty (Eq. 13). Paper: 100.
+        gamma: weight of the l1 term on Q(W) (Eq. 13). Paper: 1e-5.
+        groups: k, the maximum number of input-dimension groups (Alg. 1). Paper: 256.
+        learning_rate: Adam learning rate of the quantization phase, decayed linearly to 0.
+        finetune_learning_rate: Adam learning rate of the fine-tune phase (linear decay).
+        epochs_per_layer: epochs of the quantization phase of each layer (paper: 40).
+        finetune_epochs: epochs of fine-tuning the layers above after each layer (paper: 40).
+        batch_size: batch size when the data are numpy arrays (paper: 800).
+        transform: "aggregated" (full BiTAT), "cross" (intra + cross-layer, no k-means),
+            "intra" (per-layer transform), "filter" (filter-wise groups), or "none"
+            (no penalty and no Reg): the ablation rows of the paper's Figure 7.
+        blocks: "auto" (a block starts at every layer with a kernel larger than 1x1: the
+            3x3 + 1x1 convs of a ReActNet block), an int n (n consecutive layers per block),
+            or a list of lists of layer names.
+        reg_weight: multiplier of Reg(s, V) (paper: 1).
+        input_quantizer / kernel_quantizer: names of the sign quantizers.
+        stats_images: images drawn from the training data for the input statistics.
+        stats_rows: the most im2col rows kept per layer (memory bound: stats_rows * d
+            float32, e.g. 4096 * 2304 * 4 B = 38 MB for a 3x3 conv on 256 channels).
+        kmeans_max_iter: iterations of k-means.
+        bn_recalibration_batches: batches used to re-estimate BatchNorm statistics after
+            every phase (0 turns it off).
+        seed: seeds data order, k-means and initialisations; a run is reproducible.
+
+    Example:
+        >>> config = BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=128)
+    """
+
+    lam: float = 100.0
+    gamma: float = 1e-5
+    groups: int = 256
+    learning_rate: float = 3e-4
+    finetune_learning_rate: float = 3e-4
+    epochs_per_layer: int = 40
+    finetune_epochs: int = 40
+    batch_size: int = 800
+    transform: str = "aggregated"
+    blocks: object = "auto"
+    reg_weight: float = 1.0
+    input_quantizer: str = "approx_sign"
+    kernel_quantizer: str = "ste_sign"
+    stats_images: int = 512
+    stats_rows: int = 4096
+    kmeans_max_iter: int = 100
+    bn_recalibration_batches: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"Unknown transform {self.transform!r}. Expected one of {TRANSFORMS}.")
+        if not isinstance(self.groups, int) or isinstance(self.groups, bool) or self.groups < 1:
+            raise ValueError(f"`groups` must be an integer >= 1. Received: {self.groups!r}")
+        for name in ("epochs_per_layer", "finetune_epochs", "bn_recalibration_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0. Received: {value!r}")
+        for name in ("batch_size", "stats_images", "stats_rows", "kmeans_max_iter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1. Received: {value!r}")
+        for name in ("lam", "gamma", "reg_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {getattr(self, name)!r}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {getattr(self, name)!r}")
+        if self.epochs_per_layer < 1:
+            raise ValueError(
+                f"`epochs_per_layer` must be >= 1. Received: {self.epochs_per_layer!r}"
+            )
+        quantizers.get(self.input_quantizer)
+        quantizers.get(self.kernel_quantizer)
+        blocks = self.blocks
+        valid = (
+            blocks == "auto"
+            or (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1)
+            or (
+                isinstance(blocks, list | tuple)
+                and all(isinstance(b, list | tuple) and b for b in blocks)
+            )
+        )
+        if not valid:
+            raise ValueError(
+                "`blocks` must be 'auto', an integer >= 1 or a list of lists of layer names. "
+                f"Received: {blocks!r}"
+            )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def fingerprint(self):
+        """A stable string identifying this configuration (used to match checkpoints)."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)

@@ -1,0 +1,221 @@
+"""Binary layers: BinaryConv2D (input + kernel binarization), LearnableBias and RPReLU."""
+
+import math
+
+import keras
+from keras import ops
+
+from bitat_keras import constraints, quantizers
+from bitat_keras._registry import register, serialize
+
+KERNEL_SCALES = ("per_channel", None)
+
+
+def same_paddings(size, kernel, stride, dilation=1):
+    """TF-SAME padding (low, high) for one spatial axis.
+
+    total = max((ceil(n / s) - 1) * s + k_eff - n, 0); low = total // 2; high = total - low.
+    LCE folds ``pad(x, these, 1.0)`` + VALID conv into one bitpacked conv only with this split.
+    """
+    k_eff = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + k_eff - size, 0)
+    return total // 2, total - total // 2
+
+
+@register
+class BinaryConv2D(keras.layers.Conv2D):
+    """A ``keras.layers.Conv2D`` whose input and kernel are binarized.
+
+    The kernel used in the convolution is ``alpha[o] * sign(w[..., o])`` with
+    ``alpha[o] = mean(|w[..., o]|)`` (the per-output-channel scale; the scale carries no
+    gradient, as in ReActNet). With ``padding="same"`` and a binarized input, the input is
+    padded with ``pad_values`` exactly like TF's SAME split and then convolved VALID, the
+    pattern larq-compute-engine turns into an ``LceBconv2d``. Setting a quantizer to ``None``
+    turns that side back to full precision; with both ``None`` the layer computes exactly like
+    ``Conv2D`` (zero padding).
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or tuple of 2 ints.
+        strides: int or tuple of 2 ints.
+        padding: ``"same"`` or ``"valid"``.
+        pad_values: value used to pad the binarized input with ``padding="same"``: 1.0
+            (one-padding, converts to LCE) or 0.0.
+        input_quantizer: ``"approx_sign"`` (default), ``"ste_sign"``, a quantizer or ``None``.
+        kernel_quantizer: ``"ste_sign"`` (default), ``"approx_sign"``, a quantizer or ``None``.
+        kernel_scale: ``"per_channel"`` (mean |w| per output channel) or ``None`` (pure +-1).
+        **kwargs: any other ``keras.layers.Conv2D`` argument (``use_bias``, initializers,
+            ``kernel_constraint`` which also accepts ``"weight_clip"``, ...). Only
+            ``data_format="channels_last"`` is supported.
+
+    Example:
+        >>> x = keras.Input((28, 28, 16))
+        >>> y = BinaryConv2D(32, 3, strides=2, use_bias=False)(x)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="approx_sign",
+        kernel_quantizer="ste_sign",
+        kernel_scale="per_channel",
+        **kwargs,
+    ):
+        if kwargs.get("data_format", "channels_last") not in (None, "channels_last"):
+            raise ValueError(
+                "BinaryConv2D supports data_format='channels_last' only (LCE is NHWC). "
+                f"Received: data_format={kwargs['data_format']!r}"
+            )
+        if "kernel_constraint" in kwargs:
+            kwargs["kernel_constraint"] = constraints.get(kwargs["kernel_constraint"])
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, **kwargs)
+        if float(pad_values) not in (0.0, 1.0):
+            raise ValueError(
+                f"`pad_values` must be 0.0 or 1.0. Received: pad_values={pad_values!r}"
+            )
+        if kernel_scale not in KERNEL_SCALES:
+            raise ValueError(
+                f"`kernel_scale` must be one of {KERNEL_SCALES}. "
+                f"Received: kernel_scale={kernel_scale!r}"
+            )
+        self.pad_values = float(pad_values)
+        self.input_spec = None  # build() checks the rank with a clearer message
+        self.input_quantizer = quantizers.get(input_quantizer)
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
+        self.kernel_scale = kernel_scale
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"BinaryConv2D {self.name!r} expects 4D input (batch, height, width, "
+                f"channels). Received input shape: {tuple(input_shape)}"
+            )
+        super().build(input_shape)
+
+    def quantized_kernel(self):
+        """The kernel the convolution uses: ``alpha[o] * sign(w)`` (STE gradient)."""
+        w = self.kernel
+        if self.kernel_quantizer is None:
+            return w
+        kernel = self.kernel_quantizer(w)
+        if self.kernel_scale == "per_channel":
+            alpha = ops.stop_gradient(ops.mean(ops.abs(w), axis=(0, 1, 2)))
+            kernel = kernel * alpha
+        return kernel
+
+    def _one_padding(self, shape):
+        pads = []
+        for axis in (1, 2):
+            if shape[axis] is None:
+                raise ValueError(
+                    f"BinaryConv2D {self.name!r} needs static height and width for "
+                    f"padding='same' with pad_values={self.pad_values}. "
+                    f"Received input shape: {tuple(shape)}"
+                )
+            pads.append(
+                same_paddings(
+                    shape[axis],
+                    self.kernel_size[axis - 1],
+                    self.strides[axis - 1],
+                    self.dilation_rate[axis - 1],
+                )
+            )
+        return [(0, 0), pads[0], pads[1], (0, 0)]
+
+    def call(self, inputs):
+        x = inputs
+        padding = self.padding
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+            if padding == "same" and self.pad_values != 0.0:
+                x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
+                padding = "valid"
+        outputs = ops.conv(
+            x,
+            self.quantized_kernel(),
+            strides=self.strides,
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pad_values": self.pad_values,
+                "input_quantizer": serialize(self.input_quantizer),
+                "kernel_quantizer": serialize(self.kernel_quantizer),
+                "kernel_scale": self.kernel_scale,
+            }
+        )
+        return config
+
+
+@register
+class LearnableBias(keras.layers.Layer):
+    """Adds a trainable per-channel bias (ReActNet's learnable threshold / RSign shift).
+
+    Args:
+        **kwargs: standard layer arguments (``name``, ``dtype``...).
+
+    Example:
+        >>> y = LearnableBias()(keras.ops.zeros((1, 4, 4, 8)))
+    """
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(
+            shape=(input_shape[-1],), initializer="zeros", name="bias", trainable=True
+        )
+
+    def call(self, inputs):
+        return inputs + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@register
+class RPReLU(keras.layers.Layer):
+    """ReActNet's RPReLU: ``y = PReLU(x - gamma; beta) + zeta`` with per-channel parameters.
+
+    Args:
+        alpha_initializer: initial PReLU slope ``beta`` for negative inputs (default 0.25).
+        **kwargs: standard layer arguments.
+
+    Example:
+        >>> y = RPReLU()(keras.ops.ones((1, 4, 4, 8)))
+    """
+
+    def __init__(self, alpha_initializer=0.25, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha_initializer = float(alpha_initializer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="zeros", name="gamma")
+        self.alpha = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.Constant(self.alpha_initializer),
+            name="alpha",
+        )
+        self.zeta = self.add_weight(shape=(channels,), initializer="zeros", name="zeta")
+
+    def call(self, inputs):
+        x = inputs - self.gamma
+        return ops.where(x > 0, x, self.alpha * x) + self.zeta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "alpha_initializer": self.alpha_initializer}

@@ -1,0 +1,119 @@
+"""Sign quantizers with straight-through estimators (STE).
+
+Forward pass of every quantizer here is exactly ``where(x >= 0, 1.0, -1.0)``: that pattern,
+wrapped in ``keras.ops.custom_gradient``, is what larq-compute-engine recognises as an input
+binarizer (a ``stop_gradient`` STE or a plain ``sign`` stays float after conversion).
+"""
+
+from keras import ops
+
+from bitat_keras._registry import register, resolve, serialize
+
+
+def _sign(x):
+    # Forward binarization shared by all quantizers: where(x >= 0, 1, -1), i.e. sign with
+    # sign(0) = +1, written as sign(sign(x) + 0.1): equal for every finite x, recognised by
+    # LCE as an input binarizer, and constant-folded by TensorFlow for kernels of any size
+    # (a `where` on a kernel above 2**18 elements is not folded and the conv stays float).
+    return ops.sign(ops.sign(x) + 0.1)
+
+
+def _with_gradient(x, grad_fn):
+    """Return sign(x) whose gradient is `upstream * grad_fn(x)`."""
+
+    @ops.custom_gradient
+    def _quantize(x):
+        def grad(*args, upstream=None, variables=None):
+            # Keras calls grad(upstream) under JAX and grad(upstream, variables=...) under TF.
+            if upstream is None:
+                (upstream,) = args
+            return upstream * grad_fn(x)
+
+        return _sign(x), grad
+
+    return _quantize(x)
+
+
+class Quantizer:
+    """Base class: a serializable callable mapping real values to {-1, +1}."""
+
+    def __call__(self, x):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@register
+class SteSign(Quantizer):
+    """Sign with the clipped straight-through estimator (larq's ``ste_sign``).
+
+    Forward: ``where(x >= 0, 1, -1)``. Backward: ``upstream * (|x| <= clip_value)``.
+
+    Args:
+        clip_value: gradients are zero where ``|x| > clip_value``. Must be positive.
+
+    Example:
+        >>> q = SteSign()
+        >>> keras.ops.convert_to_numpy(q(keras.ops.convert_to_tensor([-0.5, 0.0, 2.0])))
+        array([-1.,  1.,  1.], dtype=float32)
+    """
+
+    def __init__(self, clip_value=1.0):
+        clip_value = float(clip_value)
+        if not clip_value > 0:
+            raise ValueError(f"`clip_value` must be > 0. Received: clip_value={clip_value}")
+        self.clip_value = clip_value
+
+    def __call__(self, x):
+        clip = self.clip_value
+        return _with_gradient(
+            ops.convert_to_tensor(x), lambda x: ops.cast(ops.abs(x) <= clip, x.dtype)
+        )
+
+    def get_config(self):
+        return {"clip_value": self.clip_value}
+
+
+@register
+class ApproxSign(Quantizer):
+    """Sign with ReActNet's / Bi-Real Net's piecewise-polynomial derivative.
+
+    Forward: ``where(x >= 0, 1, -1)``. Backward: ``upstream * (2 - 2|x|)`` for ``|x| <= 1``,
+    else 0 (the derivative of the piecewise quadratic approximation of sign).
+
+    Example:
+        >>> q = ApproxSign()
+        >>> y = q(keras.ops.ones((2, 2)))
+    """
+
+    def __call__(self, x):
+        return _with_gradient(
+            ops.convert_to_tensor(x),
+            lambda x: ops.maximum(2.0 - 2.0 * ops.abs(x), 0.0),
+        )
+
+
+ALIASES = {"ste_sign": SteSign, "approx_sign": ApproxSign}
+
+
+def get(identifier):
+    """Return a quantizer from an alias (``"ste_sign"``, ``"approx_sign"``), config or callable."""
+    return resolve(identifier, ALIASES, "quantizer")
+
+
+def ste_sign(x, clip_value=1.0):
+    """Functional form of :class:`SteSign`."""
+    return SteSign(clip_value)(x)
+
+
+def approx_sign(x):
+    """Functional form of :class:`ApproxSign`."""
+    return ApproxSign()(x)
+
+
+__all__ = ["ApproxSign", "Quantizer", "SteSign", "approx_sign", "get", "serialize", "ste_sign"]

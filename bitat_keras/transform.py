@@ -1,0 +1,154 @@
+"""BiTAT's dependency transform: input statistics, reduction matrix P, PCA init of s and V,
+block expansion (Eq. 11), PadCol stacking (Eq. 12) and the Eq. 13 penalty.
+
+The statistics side (patches, k-means, PCA) is numpy/scikit-learn and runs once per layer;
+the penalty side is ``keras.ops`` and runs in every training step on any backend.
+"""
+
+import numpy as np
+from keras import ops
+
+from bitat_keras.layers import same_paddings
+
+TRANSFORMS = ("aggregated", "cross", "intra", "filter", "none")
+
+
+def im2col(x, kernel_size, strides=(1, 1), padding="same", pad_value=0.0):
+    """Patches of an NHWC batch as rows of length kh*kw*cin (appendix 7.2, Eq. 14).
+
+    Row layout matches a Keras kernel of shape (kh, kw, cin, cout) reshaped to
+    (kh*kw*cin, cout), so ``im2col(x) @ kernel.reshape(-1, cout)`` is the convolution.
+    SAME padding uses TF's split (see ``same_paddings``) and ``pad_value``.
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"im2col expects an NHWC batch. Received shape {x.shape}")
+    kh, kw = kernel_size
+    sh, sw = strides
+    if padding == "same":
+        ph = same_paddings(x.shape[1], kh, sh)
+        pw = same_paddings(x.shape[2], kw, sw)
+        x = np.pad(x, [(0, 0), ph, pw, (0, 0)], constant_values=pad_value)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+    windows = windows[:, ::sh, ::sw]  # (N, OH, OW, C, kh, kw)
+    windows = np.moveaxis(windows, 3, -1)  # (N, OH, OW, kh, kw, C)
+    return windows.reshape(-1, kh * kw * x.shape[-1])
+
+
+def second_moment(x):
+    """(1/N) sum_i o_i o_i^T of the rows of ``x`` (the input covariance of Eq. 10)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.T @ x / max(len(x), 1)
+
+
+def group_ids(x, groups, method="kmeans", *, kernel_shape=None, seed=0, max_iter=100):
+    """Assign each of the d input dimensions (columns of ``x``) to one of at most k groups.
+
+    Alg. 1 line 8: if d <= k (``groups``) every dimension is its own group (P = I).
+    ``"kmeans"`` clusters the dimensions' activation vectors p_j in R^N (Sec. 4.2);
+    ``"filter"`` (the ablation) groups the kh*kw entries of each input channel's filter
+    together, merging neighbouring channels when there are more channels than k.
+
+    Returns:
+        (ids, k): int array of shape (d,) with values in [0, k), and the number of groups.
+    """
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"`groups` must be >= 1. Received: groups={groups}")
+    d = x.shape[1]
+    if d <= groups:
+        return np.arange(d), d
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        points = np.asarray(x, dtype=np.float32).T  # one point per input dimension
+        km = KMeans(n_clusters=groups, n_init=1, max_iter=max_iter, random_state=seed)
+        ids = km.fit_predict(points)
+    elif method == "filter":
+        if kernel_shape is None:
+            raise ValueError("The 'filter' grouping needs `kernel_shape` (kh, kw, cin).")
+        cin = kernel_shape[2]
+        channel = np.arange(d) % cin  # row (i*kw + j)*cin + c belongs to channel c
+        ids = channel if cin <= groups else channel * groups // cin
+    else:
+        raise ValueError(f"Unknown grouping {method!r}. Expected 'kmeans' or 'filter'.")
+    # Drop empty groups so every row of P has members.
+    _, ids = np.unique(ids, return_inverse=True)
+    return ids.astype(np.int32), int(ids.max()) + 1
+
+
+def reduction_matrix(ids, k=None):
+    """Dense P (k x d) with P[i, j] = 1/|group i| when dimension j is in group i (Sec. 4.2)."""
+    ids = np.asarray(ids)
+    k = int(ids.max()) + 1 if k is None else int(k)
+    p = np.zeros((k, ids.size))
+    p[ids, np.arange(ids.size)] = 1.0
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def reduce_rows(x, ids, k):
+    """P x for the rows of a (d, ...) array, computed as group means (numpy)."""
+    return reduction_matrix(ids, k) @ x
+
+
+def pca_init(cov, eps=1e-6):
+    """Eq. 10: s = sqrt(eigenvalues), V = eigenvectors, sorted by decreasing eigenvalue.
+
+    Eigenvalues are floored at ``eps * max_eigenvalue`` so log(s) in Reg(s, V) is finite.
+    """
+    evals, evecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    floor = eps * max(float(evals[0]), 1e-12)
+    return np.sqrt(np.maximum(evals, floor)), evecs
+
+
+def expand_block(s, v, s_new, v_new):
+    """Eq. 11 / Alg. 1 line 10: s <- [s; s_new], V <- [[V, 0], [0, V_new]].
+
+    The old blocks are kept as they are; the off-diagonal blocks start at zero.
+    """
+    s_new, v_new = np.asarray(s_new), np.asarray(v_new)
+    if s is None or len(s) == 0:
+        return s_new.copy(), v_new.copy()
+    s, v = np.asarray(s), np.asarray(v)
+    d_old, d_new = len(s), len(s_new)
+    out = np.zeros((d_old + d_new, d_old + d_new), dtype=v.dtype)
+    out[:d_old, :d_old] = v
+    out[d_old:, d_old:] = v_new
+    return np.concatenate([s, s_new]), out
+
+
+def pad_col_stack(mats):
+    """Eq. 12: stack the layers' (d_j x c_j) matrices vertically, zero-padding columns on the
+    right to the widest one (PadCol), so row i of every layer lines up on column j."""
+    width = max(int(m.shape[1]) for m in mats)
+    padded = [ops.pad(m, [(0, 0), (0, width - int(m.shape[1]))]) for m in mats]
+    return ops.concatenate(padded, axis=0)
+
+
+def dependency_penalty(s, v, residuals):
+    """||diag(s) V^T R||_F^2 for the stacked, reduced residual R = [P_j (W_j - Q(W_j))]_j.
+
+    The lam factor of Eq. 13 is applied by the caller (``DependencyPenalty``).
+    """
+    r = pad_col_stack(residuals)
+    t = ops.matmul(ops.transpose(v), r) * ops.expand_dims(s, 1)
+    return ops.sum(ops.square(t))
+
+
+def orthogonality_and_scale(s, v, sigma):
+    """Reg(s, V) = ||V V^T - I||_F^2 + (sigma - sum_i log s_i)^2 (Sec. 4, after Eq. 9)."""
+    k = v.shape[0]
+    gram = ops.matmul(v, ops.transpose(v)) - ops.eye(k, dtype=v.dtype)
+    log_s = ops.log(ops.maximum(ops.abs(s), 1e-12))
+    return ops.sum(ops.square(gram)) + ops.square(sigma - ops.sum(log_s))
+
+
+def reduce_residual(residual, ids, k):
+    """P E for a (d, c) residual as group means (``keras.ops``; ids None means P = I)."""
+    if ids is None:
+        return residual
+    sums = ops.segment_sum(residual, ids, num_segments=k)
+    counts = np.bincount(np.asarray(ids), minlength=k).astype("float32")
+    return sums / ops.expand_dims(ops.convert_to_tensor(counts), 1)

@@ -1,0 +1,152 @@
+"""progressive_fit (Algorithm 1) on tiny models: freezing, exact binary kernels, BatchNorm,
+callbacks, errors."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import bitat_keras as bk
+from bitat_keras.layers import BinaryConv2D
+
+FAST = dict(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8, stats_images=32,
+            stats_rows=512, bn_recalibration_batches=4)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = bk.datasets.load("digits", "train")
+    return x[:256], y[:256]
+
+
+def tiny_model(num_classes=10):
+    model = bk.models.reactnet_mobilenet(
+        (8, 8, 1), num_classes=num_classes, width_multiplier=0.25, blocks=[(64, 1), (64, 1)]
+    )
+    return model
+
+
+class PhaseRecorder(keras.callbacks.Callback):
+    """Records the usual Keras events and each phase's first layer's effective kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+        self.kernels = []
+
+    def on_train_begin(self, logs=None):
+        self.events.append("train_begin")
+        net = getattr(self.model, "net", self.model)
+        layer = net.get_layer("block1_conv3x3")
+        self.kernels.append(ops.convert_to_numpy(layer.quantized_kernel()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append("epoch_end")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if "batch" not in self.events[-1:]:
+            self.events.append("batch")
+
+
+def test_effective_kernels_are_exact_and_early_layers_stay_bit_identical(digits):
+    recorder = PhaseRecorder()
+    fp = tiny_model()
+    result = bk.progressive_fit(fp, digits, config=bk.BiTATConfig(**FAST), callbacks=[recorder],
+                                verbose=0)  # fmt: skip
+    names = bk.models.eligible_layers(fp)
+    assert len(names) == 5
+    for name in names:
+        layer = result.model.get_layer(name)
+        assert isinstance(layer, BinaryConv2D) and layer.input_quantizer is not None
+        k = ops.convert_to_numpy(layer.quantized_kernel())
+        w = ops.convert_to_numpy(layer.kernel)
+        np.testing.assert_array_equal(np.sign(k), np.where(w >= 0, 1.0, -1.0))
+        for o in range(k.shape[-1]):  # exactly one magnitude per output channel: +-alpha[o]
+            assert np.unique(np.abs(k[..., o])).size == 1
+        np.testing.assert_allclose(np.abs(k).max((0, 1, 2)), np.abs(w).mean((0, 1, 2)), rtol=1e-6)
+        assert not layer.trainable
+    # Every phase after the first layer's quantization saw the same bits; so does the end.
+    after_first = recorder.kernels[1]
+    for k in recorder.kernels[2:]:
+        np.testing.assert_array_equal(k, after_first)
+    final = ops.convert_to_numpy(result.model.get_layer("block1_conv3x3").quantized_kernel())
+    np.testing.assert_array_equal(final, after_first)
+    # Quantize + fine-tune for each layer but the top one (nothing above it to fine-tune).
+    assert [h["phase"] for h in result.history] == ["quantize", "finetune"] * 4 + ["quantize"]
+    assert recorder.events.count("train_begin") == 9
+    assert "batch" in recorder.events and "epoch_end" in recorder.events
+    # The stem conv and the classifier stay full precision.
+    assert type(result.model.get_layer("stem_conv")) is keras.layers.Conv2D
+    assert 0 < result.v_parameters["used"] < result.v_parameters["full"]
+
+
+def test_blocks_expand_s_and_v_across_layers(digits):
+    config = bk.BiTATConfig(**{**FAST, "epochs_per_layer": 1, "finetune_epochs": 0})
+    result = bk.progressive_fit(tiny_model(), digits, config=config, verbose=0)
+    blocks = [t["layers"] for t in result.transforms]
+    assert blocks == [["block1_conv3x3", "block1_conv1x1_a", "block1_conv1x1_b"],
+                      ["block2_conv3x3", "block2_conv1x1"]]  # fmt: skip
+    first = result.transforms[0]
+    k = sum(first["ks"])
+    assert first["s"].shape == (k,) and first["v"].shape == (k, k)
+    assert first["ks"][0] == 8  # 3x3x8 = 72 input dims aggregated into k=8 groups
+    # Off-diagonal blocks were trained away from their zero init.
+    assert np.abs(first["v"][first["ks"][0] :, : first["ks"][0]]).max() > 0
+    intra = bk.progressive_fit(tiny_model(), digits, verbose=0,
+                               config=bk.BiTATConfig(**{**FAST, "transform": "intra",
+                                                        "finetune_epochs": 0}))  # fmt: skip
+    assert [len(t["layers"]) for t in intra.transforms] == [1] * 5
+
+
+def test_batchnorm_recalibration_makes_inference_track_training_mode(digits):
+    x, y = digits
+    model = tiny_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)  # ~24 steps: moving stats lag behind
+
+    def acc(training):
+        return float(np.mean(np.argmax(ops.convert_to_numpy(model(x, training=training)), 1) == y))
+
+    train_mode = acc(True)
+    before = acc(False)
+    bk.progressive.recalibrate_batchnorm(model, [x[i : i + 64] for i in range(0, 256, 64)])
+    after = acc(False)
+    assert before < train_mode - 0.1  # the trap DESIGN.md describes
+    assert after > train_mode - 0.05
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ((np.zeros((0, 8, 8, 1)), np.zeros((0,))), "empty"),
+        ((np.zeros((4, 9, 9, 1)), np.zeros((4,))), r"shape \(9, 9, 1\).*expects \(8, 8, 1\)"),
+        ((np.zeros((4, 8, 8, 1)), np.full((4,), 12)), r"labels must be integers in \[0, 10\)"),
+        ((np.zeros((4, 8, 8, 1)), np.zeros((5,))), "different lengths"),
+    ],
+)
+def test_bad_data_is_rejected_with_clear_errors(data, match):
+    with pytest.raises(ValueError, match=match):
+        bk.progressive_fit(tiny_model(), data, config=bk.BiTATConfig(**FAST), verbose=0)
+
+
+def test_bad_models_are_rejected():
+    dense = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])  # fmt: skip
+    data = (np.zeros((4, 8, 8, 1)), np.zeros((4,)))
+    with pytest.raises(ValueError, match="no layer progressive_fit can binarize"):
+        bk.progressive_fit(dense, data, verbose=0)
+    with pytest.raises(ValueError, match="not built"):
+        bk.progressive_fit(keras.Sequential([keras.layers.Conv2D(4, 3)]), data, verbose=0)
+    with pytest.raises(TypeError, match="BiTATConfig"):
+        bk.progressive_fit(tiny_model(), data, config={"lam": 1}, verbose=0)
+
+
+def test_non_finite_loss_names_layer_and_phase_and_restores_the_model(digits, tmp_path):
+    config = bk.BiTATConfig(**{**FAST, "learning_rate": 1e30, "lam": 1e30})
+    fp = tiny_model()
+    expected = r"layer 1/5 .block1_conv3x3., phase .quantize."
+    with pytest.raises(bk.NonFiniteLossError, match=expected) as err:
+        bk.progressive_fit(fp, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    restored = err.value.model
+    for a, b in zip(fp.weights, restored.weights, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))

@@ -1,0 +1,176 @@
+"""The BiTAT transform pieces against independent numpy formulas (Eq. 10-13)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import bitat_keras as bk
+from bitat_keras import transform
+from bitat_keras.statistics import patch_rows
+
+
+def loop_im2col(x, k, stride, pad_value):
+    """Independent oracle: explicit loops over output positions, TF-SAME split."""
+    n, h, w, c = x.shape
+    oh, ow = -(-h // stride), -(-w // stride)
+    th = max((oh - 1) * stride + k - h, 0)
+    tw = max((ow - 1) * stride + k - w, 0)
+    xp = np.full((n, h + th, w + tw, c), pad_value, dtype=np.float64)
+    xp[:, th // 2 : th // 2 + h, tw // 2 : tw // 2 + w] = x
+    rows = []
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                rows.append(
+                    xp[b, i * stride : i * stride + k, j * stride : j * stride + k, :].ravel()
+                )
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_im2col_matches_loops_and_reproduces_the_convolution(stride):
+    x = np.random.default_rng(0).normal(size=(2, 7, 7, 3))
+    rows = transform.im2col(x, (3, 3), (stride, stride), pad_value=1.0)
+    np.testing.assert_allclose(rows, loop_im2col(x, 3, stride, 1.0))
+
+
+def test_pca_init_equals_numpy_eigh_of_patch_covariance_on_a_conv_layer():
+    model = bk.binarize(
+        bk.models.reactnet_mobilenet(
+            (8, 8, 1), num_classes=3, width_multiplier=0.25, blocks=[(64, 1)]
+        ),  # fmt: skip
+    )
+    layer = model.get_layer("block1_conv3x3")
+    images = np.random.default_rng(1).normal(size=(6, 8, 8, 1)).astype("float32")
+    rows = patch_rows(model, layer, images, binarized=True, max_rows=10_000)
+    # Oracle: the layer's input via an explicit sub-model, signed, patched with loops.
+    sub = keras.Model(model.inputs, layer.input)
+    signed = np.where(ops.convert_to_numpy(sub(images)) >= 0, 1.0, -1.0)
+    patches = loop_im2col(signed, 3, 1, 1.0)
+    np.testing.assert_array_equal(rows, patches)
+    cov = patches.T @ patches / len(patches)  # Eq. 10
+    evals, evecs = np.linalg.eigh(cov)
+    s, v = transform.pca_init(transform.second_moment(rows), eps=0.0)
+    np.testing.assert_allclose(np.sort(s**2), np.sort(np.maximum(evals, 0)), atol=1e-8)
+    # Up to sign and order: each PCA vector matches the eigh vector of the same eigenvalue.
+    order = np.argsort(evals)[::-1]
+    top = s**2 > 1e-6
+    overlaps = np.abs(np.sum(v[:, top] * evecs[:, order][:, top], axis=0))
+    distinct = np.r_[True, np.abs(np.diff(evals[order][top])) > 1e-6]
+    distinct &= np.r_[np.abs(np.diff(evals[order][top])) > 1e-6, True]
+    np.testing.assert_allclose(overlaps[distinct], 1.0, atol=1e-6)
+    assert distinct.sum() > 5
+
+
+@pytest.mark.parametrize("method", ["kmeans", "filter"])
+def test_reduction_matrix_rows_sum_to_one_and_each_dimension_in_one_group(method):
+    rows = np.random.default_rng(2).normal(size=(200, 3 * 3 * 16))
+    ids, k = transform.group_ids(rows, 10, method, kernel_shape=(3, 3, 16), seed=0)
+    p = transform.reduction_matrix(ids, k)
+    assert p.shape == (k, 144) and k <= 10
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert np.all((p > 0).sum(axis=0) == 1)  # every dimension in exactly one group
+    for i in range(k):
+        members = np.flatnonzero(ids == i)
+        np.testing.assert_allclose(p[i, members], 1.0 / len(members))
+
+
+def test_filter_grouping_keeps_each_channel_filter_together():
+    ids, k = transform.group_ids(np.zeros((4, 3 * 3 * 8)), 8, "filter", kernel_shape=(3, 3, 8))
+    assert k == 8
+    assert np.all(ids.reshape(9, 8) == np.arange(8))  # row (i*kw + j)*cin + c -> group c
+
+
+def test_kmeans_groups_identical_dimensions_together():
+    base = np.random.default_rng(3).normal(size=(100, 4))
+    rows = np.repeat(base, 5, axis=1)  # 20 dims, 4 distinct activation vectors
+    ids, k = transform.group_ids(rows, 4, "kmeans", seed=0)
+    assert k == 4
+    assert all(len(set(ids[i * 5 : (i + 1) * 5])) == 1 for i in range(4))
+
+
+def test_small_layers_use_identity_and_bad_groups_are_rejected():
+    ids, k = transform.group_ids(np.zeros((5, 6)), 256)
+    np.testing.assert_array_equal(transform.reduction_matrix(ids, k), np.eye(6))
+    with pytest.raises(ValueError, match="groups.*>= 1.*0"):
+        transform.group_ids(np.zeros((5, 6)), 0)
+    with pytest.raises(ValueError, match="Unknown transform 'pca'"):
+        bk.BiTATConfig(transform="pca")
+    with pytest.raises(ValueError, match="groups"):
+        bk.BiTATConfig(groups=0)
+
+
+def test_block_expansion_keeps_old_blocks_and_zero_off_diagonals():
+    rng = np.random.default_rng(4)
+    s1, v1 = rng.random(5), rng.normal(size=(5, 5))
+    s2, v2 = rng.random(3), rng.normal(size=(3, 3))
+    s, v = transform.expand_block(s1, v1, s2, v2)
+    assert s.shape == (8,) and v.shape == (8, 8)
+    np.testing.assert_array_equal(s[:5], s1)
+    np.testing.assert_array_equal(s[5:], s2)
+    np.testing.assert_array_equal(v[:5, :5], v1)
+    np.testing.assert_array_equal(v[5:, 5:], v2)
+    assert not v[:5, 5:].any() and not v[5:, :5].any()
+    s0, v0 = transform.expand_block(None, None, s1, v1)
+    np.testing.assert_array_equal(v0, v1)
+
+
+def numpy_eq13(s, v, ps, ws, sigma, lam, gamma):
+    """Eq. 13's extra terms in numpy: dense P, PadCol stacking, Q(W) = alpha * sign(W)."""
+    width = max(w.shape[-1] for w in ws)
+    stacked = []
+    for p, w in zip(ps, ws, strict=True):
+        m = w.reshape(-1, w.shape[-1])
+        q = np.where(m >= 0, 1.0, -1.0) * np.abs(m).mean(axis=0)
+        r = p @ (m - q)
+        stacked.append(np.pad(r, [(0, 0), (0, width - r.shape[1])]))
+    r = np.concatenate(stacked)
+    penalty = lam * np.sum((np.diag(s) @ v.T @ r) ** 2)
+    reg = np.sum((v @ v.T - np.eye(len(s))) ** 2) + (sigma - np.sum(np.log(s))) ** 2
+    l1 = gamma * sum(np.abs(np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))).sum()
+                     for w in ws)  # fmt: skip
+    return penalty, reg, l1
+
+
+def test_penalty_equals_numpy_eq13_on_random_tensors():
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(size=(3, 3, 4, 6)).astype("float32") * 0.1  # d=36 -> 7 groups
+    w2 = rng.normal(size=(1, 1, 6, 10)).astype("float32") * 0.1  # d=6 -> identity
+    ids1, k1 = transform.group_ids(rng.normal(size=(50, 36)), 7, seed=0)
+    k = k1 + 6
+    s = rng.random(k) + 0.5
+    v = rng.normal(size=(k, k))
+    members = [("a", ids1, k1), ("b", None, 6)]
+    bt = bk.progressive.BlockTransform(s, v, 1.5, members, lam=100.0, gamma=1e-3, reg_weight=1.0)
+    penalty, reg, l1 = (float(t) for t in bt.terms([ops.convert_to_tensor(w1),
+                                                    ops.convert_to_tensor(w2)]))  # fmt: skip
+    ps = [transform.reduction_matrix(ids1, k1), np.eye(6)]
+    expected = numpy_eq13(s, v, ps, [w1.astype(float), w2.astype(float)], 1.5, 100.0, 1e-3)
+    np.testing.assert_allclose([penalty, reg, l1], expected, rtol=2e-5)
+
+
+def test_regularizer_classes_serialize():
+    for term in (bk.regularizers.DependencyPenalty(3.0), bk.regularizers.TransformRegularizer(),
+                 bk.regularizers.BinaryL1(1e-4)):  # fmt: skip
+        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(term))
+        assert restored.get_config() == term.get_config()
+    with pytest.raises(ValueError, match="lam"):
+        bk.regularizers.DependencyPenalty(-1)
+
+
+def test_q_orig_and_q_ours_match_numpy():
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(3, 3, 2, 4))
+    wq = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))
+    s, v = rng.random(18), np.linalg.qr(rng.normal(size=(18, 18)))[0]
+    e = (w - wq).reshape(18, 4)
+    assert bk.analysis.q_orig(w, wq) == pytest.approx(np.sum(e**2))
+    assert bk.analysis.q_ours(w, wq, s, v) == pytest.approx(np.sum((np.diag(s) @ v.T @ e) ** 2))
+    # With V = I and s = 1, Q_ours reduces to Q_orig.
+    assert bk.analysis.q_ours(w, wq, np.ones(18), np.eye(18)) == pytest.approx(np.sum(e**2))
+
+
+def test_v_parameter_count_of_mobilenet_is_aggregated_to_about_one_percent():
+    counts = bk.analysis.v_parameter_count(bk.models.reactnet_mobilenet())
+    assert counts["aggregated"] < 0.02 * counts["full"]
