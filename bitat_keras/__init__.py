@@ -11,6 +11,7 @@ from bitat_keras import (
     transform,
 )
 from bitat_keras.config import BiTATConfig
+from bitat_keras.export import convert_keras_model, inspect_tflite, verify_tflite
 from bitat_keras.models import binarize
 from bitat_keras.progressive import BiTATResult, NonFiniteLossError, progressive_fit
 
@@ -23,6 +24,9 @@ __all__ = [
     "BiTATResult",
     "NonFiniteLossError",
     "binarize",
+    "convert_keras_model",
+    "inspect_tflite",
+    "verify_tflite",
     "constraints",
     "layers",
     "models",

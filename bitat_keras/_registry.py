@@ -31,7 +31,8 @@ def resolve(identifier, aliases, kind):
         return keras.saving.deserialize_keras_object(identifier)
     raise TypeError(
         f"Could not interpret {kind} identifier: {identifier!r} "
-        f"(type {type(identifier).__name__}). Expected a string in {sorted(aliases)}, a dict, a callable or None."
+        f"(type {type(identifier).__name__}). "
+        f"Expected a string in {sorted(aliases)}, a dict, a callable or None."
     )
 
 

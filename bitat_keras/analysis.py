@@ -51,8 +51,7 @@ def quantization_errors(fp_model, binary_model, images, *, max_rows=4096, seed=0
         bin_layer = binary_model.get_layer(name)
         if not isinstance(bin_layer, BinaryConv2D):
             continue
-        rows = patch_rows(fp_model, fp_layer, images, binarized=False, max_rows=max_rows,
-                          seed=seed)  # fmt: skip
+        rows = patch_rows(fp_model, fp_layer, images, binarized=False, max_rows=max_rows, seed=seed)
         s, v = transform.pca_init(transform.second_moment(rows))
         w_fp = ops.convert_to_numpy(fp_layer.kernel)
         w_q = ops.convert_to_numpy(bin_layer.quantized_kernel())

@@ -325,9 +325,13 @@ class _Run:
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
-            self.net, layer, images, max_rows=cfg.stats_rows, seed=cfg.seed + index,
+            self.net,
+            layer,
+            images,
+            max_rows=cfg.stats_rows,
+            seed=cfg.seed + index,
             batch_size=cfg.batch_size,
-        )  # fmt: skip
+        )
         record["seconds"]["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         method = {"aggregated": "kmeans", "filter": "filter"}.get(cfg.transform)
@@ -335,9 +339,13 @@ class _Run:
             ids, k = np.arange(d), d
         else:
             ids, k = transform.group_ids(
-                rows, cfg.groups, method, kernel_shape=layer.kernel.shape[:3],
-                seed=cfg.seed + index, max_iter=cfg.kmeans_max_iter,
-            )  # fmt: skip
+                rows,
+                cfg.groups,
+                method,
+                kernel_shape=layer.kernel.shape[:3],
+                seed=cfg.seed + index,
+                max_iter=cfg.kmeans_max_iter,
+            )
         record["seconds"]["grouping"] = time.perf_counter() - t
         t = time.perf_counter()
         reduced = rows if k == d else rows @ transform.reduction_matrix(ids, k).T
@@ -384,19 +392,24 @@ class _Run:
         )
         record.update(
             epochs=cfg.epochs_per_layer,
-            penalty=float(penalty), reg=float(reg), l1=float(l1),
-        )  # fmt: skip
+            penalty=float(penalty),
+            reg=float(reg),
+            l1=float(l1),
+        )
         _set_trainable(self.net, self.position[name])  # Alg. 1 line 12: freeze sgn(w)
         self.finish_phase(record, guard, index, "quantize", snapshot)
 
         if cfg.finetune_epochs and index + 1 < total:
             record = {"layer": name, "index": index, "phase": "finetune", "seconds": {}}
-            self.log(f"layer {index + 1}/{total} {name!r}: fine-tune the layers above, "
-                     f"{cfg.finetune_epochs} epochs")  # fmt: skip
+            self.log(
+                f"layer {index + 1}/{total} {name!r}: fine-tune the layers above, "
+                f"{cfg.finetune_epochs} epochs"
+            )
             keras.utils.set_random_seed(cfg.seed * 7919 + 2 * index + 1)
             snapshot = self.net.get_weights()
-            guard = self.fit(self.net, cfg.finetune_learning_rate, cfg.finetune_epochs,
-                             "finetune", record)  # fmt: skip
+            guard = self.fit(
+                self.net, cfg.finetune_learning_rate, cfg.finetune_epochs, "finetune", record
+            )
             record["epochs"] = cfg.finetune_epochs
             self.finish_phase(record, guard, index, "finetune", snapshot)
 
@@ -437,11 +450,16 @@ class _Run:
         meta = state["block_meta"]
         blocks = []
         for i, m in enumerate(meta["blocks"]):
-            blocks.append({
-                "layers": m["layers"], "ks": m["ks"], "dims": m["dims"],
-                "s": arrays.get(f"s{i}"), "v": arrays.get(f"v{i}"),
-                "ids": [arrays.get(f"ids{i}_{j}") for j in range(len(m["layers"]))],
-            })  # fmt: skip
+            blocks.append(
+                {
+                    "layers": m["layers"],
+                    "ks": m["ks"],
+                    "dims": m["dims"],
+                    "s": arrays.get(f"s{i}"),
+                    "v": arrays.get(f"v{i}"),
+                    "ids": [arrays.get(f"ids{i}_{j}") for j in range(len(m["layers"]))],
+                }
+            )
         self.block = blocks.pop() if meta["open"] else None
         self.transforms = blocks
         return completed

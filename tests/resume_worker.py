@@ -18,11 +18,19 @@ def main(checkpoint_dir, out):
     model = bk.models.reactnet_mobilenet(
         (8, 8, 1), num_classes=10, width_multiplier=0.25, blocks=[(64, 1), (64, 1)]
     )
-    config = bk.BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8,
-                            stats_images=32, stats_rows=256, bn_recalibration_batches=2,
-                            seed=3)  # fmt: skip
-    result = bk.progressive_fit(model, (x[:128], y[:128]), config=config,
-                                checkpoint_dir=checkpoint_dir, verbose=0)  # fmt: skip
+    config = bk.BiTATConfig(
+        epochs_per_layer=1,
+        finetune_epochs=1,
+        batch_size=32,
+        groups=8,
+        stats_images=32,
+        stats_rows=256,
+        bn_recalibration_batches=2,
+        seed=3,
+    )
+    result = bk.progressive_fit(
+        model, (x[:128], y[:128]), config=config, checkpoint_dir=checkpoint_dir, verbose=0
+    )
     np.savez(out, *[ops.convert_to_numpy(w) for w in result.model.weights])
 
 

@@ -107,9 +107,12 @@ def test_rprelu_matches_numpy():
 
 def test_keras_file_round_trip_gives_identical_predictions(tmp_path):
     model = bk.models.reactnet_mobilenet(
-        (16, 16, 3), num_classes=5, width_multiplier=0.25, binary=True,
+        (16, 16, 3),
+        num_classes=5,
+        width_multiplier=0.25,
+        binary=True,
         blocks=[(64, 1), (128, 2)],
-    )  # fmt: skip
+    )
     x = np.random.default_rng(3).normal(size=(4, 16, 16, 3)).astype("float32")
     path = tmp_path / "m.keras"
     model.save(path)

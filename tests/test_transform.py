@@ -39,7 +39,7 @@ def test_pca_init_equals_numpy_eigh_of_patch_covariance_on_a_conv_layer():
     model = bk.binarize(
         bk.models.reactnet_mobilenet(
             (8, 8, 1), num_classes=3, width_multiplier=0.25, blocks=[(64, 1)]
-        ),  # fmt: skip
+        ),
     )
     layer = model.get_layer("block1_conv3x3")
     images = np.random.default_rng(1).normal(size=(6, 8, 8, 1)).astype("float32")
@@ -128,8 +128,9 @@ def numpy_eq13(s, v, ps, ws, sigma, lam, gamma):
     r = np.concatenate(stacked)
     penalty = lam * np.sum((np.diag(s) @ v.T @ r) ** 2)
     reg = np.sum((v @ v.T - np.eye(len(s))) ** 2) + (sigma - np.sum(np.log(s))) ** 2
-    l1 = gamma * sum(np.abs(np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))).sum()
-                     for w in ws)  # fmt: skip
+    l1 = gamma * sum(
+        np.abs(np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=(0, 1, 2))).sum() for w in ws
+    )
     return penalty, reg, l1
 
 
@@ -143,16 +144,20 @@ def test_penalty_equals_numpy_eq13_on_random_tensors():
     v = rng.normal(size=(k, k))
     members = [("a", ids1, k1), ("b", None, 6)]
     bt = bk.progressive.BlockTransform(s, v, 1.5, members, lam=100.0, gamma=1e-3, reg_weight=1.0)
-    penalty, reg, l1 = (float(t) for t in bt.terms([ops.convert_to_tensor(w1),
-                                                    ops.convert_to_tensor(w2)]))  # fmt: skip
+    penalty, reg, l1 = (
+        float(t) for t in bt.terms([ops.convert_to_tensor(w1), ops.convert_to_tensor(w2)])
+    )
     ps = [transform.reduction_matrix(ids1, k1), np.eye(6)]
     expected = numpy_eq13(s, v, ps, [w1.astype(float), w2.astype(float)], 1.5, 100.0, 1e-3)
     np.testing.assert_allclose([penalty, reg, l1], expected, rtol=2e-5)
 
 
 def test_regularizer_classes_serialize():
-    for term in (bk.regularizers.DependencyPenalty(3.0), bk.regularizers.TransformRegularizer(),
-                 bk.regularizers.BinaryL1(1e-4)):  # fmt: skip
+    for term in (
+        bk.regularizers.DependencyPenalty(3.0),
+        bk.regularizers.TransformRegularizer(),
+        bk.regularizers.BinaryL1(1e-4),
+    ):
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(term))
         assert restored.get_config() == term.get_config()
     with pytest.raises(ValueError, match="lam"):
