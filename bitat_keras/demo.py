@@ -24,7 +24,7 @@ def build_parser(prog="bitat-keras demo"):
     p.add_argument("--train-size", type=int, default=6000, help="training images (subset)")
     p.add_argument("--test-size", type=int, default=2000, help="test images (subset)")
     p.add_argument("--width", type=float, default=0.5, help="width multiplier of the network")
-    p.add_argument("--fp-epochs", type=int, default=4, help="epochs of full-precision training")
+    p.add_argument("--fp-epochs", type=int, default=8, help="epochs of full-precision training")
     p.add_argument("--epochs-per-layer", type=int, default=1, help="BiTAT quantization epochs")
     p.add_argument("--finetune-epochs", type=int, default=1, help="BiTAT fine-tune epochs")
     p.add_argument("--batch-size", type=int, default=128)
@@ -35,6 +35,7 @@ def build_parser(prog="bitat-keras demo"):
         choices=["aggregated", "cross", "intra", "filter", "none"],
     )
     p.add_argument("--groups", type=int, default=64, help="k of the k-means aggregation")
+    p.add_argument("--lam", type=float, default=100.0, help="weight of the dependency penalty")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="bitat_demo", help="where models and results go")
     p.add_argument("--checkpoint-dir", default=None, help="resume BiTAT from here if killed")
@@ -103,7 +104,12 @@ def run(args):
     verbose = 0 if args.quiet else 2
 
     fp = models.reactnet_mobilenet(
-        shape, num_classes=classes, width_multiplier=args.width, blocks=DEMO_BLOCKS, name="demo_fp"
+        shape,
+        num_classes=classes,
+        width_multiplier=args.width,
+        blocks=DEMO_BLOCKS,
+        stem_strides=2 if min(shape[:2]) >= 28 else 1,  # 28x28 -> 14x14: 4x less compute
+        name="demo_fp",
     )
     _say(
         f"1/4 training the full-precision twin ({fp.count_params():,} params, "
@@ -124,6 +130,7 @@ def run(args):
         finetune_learning_rate=args.learning_rate,
         transform=args.transform,
         groups=args.groups,
+        lam=args.lam,
         stats_images=256,
         seed=args.seed,
     )

@@ -191,14 +191,14 @@ def recalibrate_batchnorm(net, batches):
     momenta = [bn.momentum for bn in bns]
     count = 0
     try:
-        for count, x in enumerate(batches):
+        for count, x in enumerate(batches, start=1):
             for bn in bns:
-                bn.momentum = count / (count + 1.0)  # 0 first: replace, then running mean
+                bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
             net(x, training=True)
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
-    return count + 1
+    return count
 
 
 def _check_model(model):
@@ -241,7 +241,7 @@ class _Run:
         self.ckpt = ckpt
         self.history = []
         self.transforms = []
-        self.block = None  # {"layers", "s", "v", "ids", "ks", "sigma"} of the current block
+        self.block = None  # {"layers", "s", "v", "ids", "ks", "dims"} of the open block
 
     # -- helpers -------------------------------------------------------------------------
     def log(self, message):
@@ -285,8 +285,11 @@ class _Run:
     def finish_phase(self, record, guard, index, phase, snapshot):
         if guard.bad is not None:
             batch, value = guard.bad
-            self.net.set_weights(snapshot)
             name = self.names[index]
+            self.net.set_weights(snapshot)
+            if phase == "quantize":  # back to the state before this phase: layer still real
+                layer = self.net.get_layer(name)
+                layer.input_quantizer = layer.kernel_quantizer = None
             raise NonFiniteLossError(
                 f"Non-finite loss ({value}) at layer {index + 1}/{len(self.names)} "
                 f"{name!r}, phase {phase!r}, batch {batch}. The model is restored to its state "
@@ -296,32 +299,30 @@ class _Run:
                 history=self.history,
             )
         start = time.perf_counter()
-        n = (
-            recalibrate_batchnorm(
-                self.net,
-                self.data.batches(self.config.bn_recalibration_batches, self.config.seed + index),
-            )
-            if self.config.bn_recalibration_batches
-            else 0
-        )
+        batches = self.data.batches(self.config.bn_recalibration_batches, self.config.seed + index)
+        record["bn_batches"] = recalibrate_batchnorm(self.net, batches)
         record["seconds"]["batchnorm"] = time.perf_counter() - start
-        record["bn_batches"] = n
         self.evaluate(record)
         self.history.append(record)
 
     # -- Algorithm 1, lines 7-10 -----------------------------------------------------------
     def init_transform(self, index, name, record):
-        cfg = self.config
         layer = self.net.get_layer(name)
         if self.block is None:
             self.block = {"layers": [], "s": None, "v": None, "ids": [], "ks": [], "dims": []}
         d = int(np.prod(layer.kernel.shape[:3]))
+        ids, k = self._grouping(index, layer, d, record)
+        self.block["layers"].append(name)
+        self.block["ids"].append(None if k == d else ids)
+        self.block["ks"].append(k)
+        self.block["dims"].append(d)
+        record["groups"], record["input_dims"] = k, d
+
+    def _grouping(self, index, layer, d, record):
+        """Statistics, P and the PCA-initialised expansion of s and V for one layer."""
+        cfg = self.config
         if cfg.transform == "none":
-            self.block["layers"].append(name)
-            self.block["ids"].append(None)
-            self.block["ks"].append(d)
-            self.block["dims"].append(d)
-            return
+            return None, d
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
@@ -353,12 +354,7 @@ class _Run:
         record["seconds"]["pca"] = time.perf_counter() - t
         s, v = transform.expand_block(self.block["s"], self.block["v"], s_new, v_new)
         self.block.update(s=s, v=v)
-        self.block["layers"].append(name)
-        self.block["ids"].append(None if k == d else ids)
-        self.block["ks"].append(k)
-        self.block["dims"].append(d)
-        record["groups"] = k
-        record["input_dims"] = d
+        return ids, k
 
     def block_transform(self):
         cfg, b = self.config, self.block

@@ -189,6 +189,7 @@ def test_non_finite_loss_names_layer_and_phase_and_restores_the_model(digits, tm
     with pytest.raises(bk.NonFiniteLossError, match=expected) as err:
         bk.progressive_fit(fp, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
     restored = err.value.model
+    assert restored.get_layer("block1_conv3x3").input_quantizer is None
     for a, b in zip(fp.weights, restored.weights, strict=True):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
 
@@ -206,3 +207,20 @@ def test_tf_data_input_works_and_empty_dataset_is_rejected(digits):
     assert len(result.history) == 3 and all("val_accuracy" in h for h in result.history)
     with pytest.raises(ValueError, match="empty dataset"):
         bk.progressive_fit(model, ds.take(0), config=config, verbose=0)
+
+
+@pytest.mark.parametrize("name", ["cross", "filter", "none"])
+def test_other_ablations_run_and_size_v_as_documented(digits, name):
+    model = bk.models.reactnet_mobilenet(
+        (8, 8, 1), num_classes=10, width_multiplier=0.25, blocks=[(64, 1)]
+    )
+    config = bk.BiTATConfig(**{**FAST, "transform": name, "finetune_epochs": 0})
+    result = bk.progressive_fit(model, digits, config=config, verbose=0)
+    v = result.v_parameters
+    full = (72 + 8 + 8) ** 2  # one block: 3x3x8 + 8 + 8 input dimensions
+    assert v["full"] == full
+    assert v["used"] == {"cross": full, "filter": (8 + 8 + 8) ** 2, "none": 0}[name]
+    if name == "none":
+        assert all(h["penalty"] == 0 and h["reg"] == 0 for h in result.history)
+    else:
+        assert all(h["penalty"] > 0 for h in result.history)

@@ -1,0 +1,48 @@
+"""Distributional (knowledge-distillation) loss against a full-precision teacher, as in
+ReActNet: the student matches the teacher's softmax."""
+
+import keras
+from keras import ops
+
+
+class Distiller(keras.Model):
+    """Trains ``student`` on ``teacher``'s output distribution (plus optional task loss).
+
+    The loss is the cross-entropy between the teacher's softmax and the student's
+    (KL divergence up to a constant), ``- sum_c p_teacher(c) log p_student(c)``, averaged
+    over the batch. With ``alpha > 0`` the compiled task loss is added with weight alpha.
+    The teacher is frozen and runs in inference mode. Both models must output logits.
+
+    Args:
+        student: the model being trained.
+        teacher: the frozen full-precision model.
+        alpha: weight of the compiled task loss (0: pure distribution loss).
+
+    Example:
+        >>> d = Distiller(binary_model, fp_model)
+        >>> d.compile("adam", loss=None)  # doctest: +SKIP
+        >>> d.fit(x, y)  # doctest: +SKIP
+    """
+
+    def __init__(self, student, teacher, alpha=0.0):
+        super().__init__(name="distiller")
+        self.student = student
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.alpha = float(alpha)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def distribution_loss(self, x, y_pred):
+        target = ops.stop_gradient(ops.softmax(self.teacher(x, training=False), axis=-1))
+        log_probs = ops.log_softmax(y_pred, axis=-1)
+        return -ops.mean(ops.sum(target * log_probs, axis=-1))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = self.distribution_loss(x, y_pred)
+        if self.alpha:
+            task = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+            loss = loss + self.alpha * task
+        return loss
