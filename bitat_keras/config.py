@@ -6,6 +6,8 @@ import json
 from bitat_keras import quantizers
 from bitat_keras.transform import TRANSFORMS
 
+DISTILLATION = ("none", "finetune", "all")
+
 
 @dataclasses.dataclass
 class BiTATConfig:
@@ -34,6 +36,13 @@ class BiTATConfig:
         kmeans_max_iter: iterations of k-means.
         bn_recalibration_batches: batches used to re-estimate BatchNorm statistics after
             every phase (0 turns it off).
+        distillation: "none" (task loss, as in the paper), "finetune" (the fine-tune phase
+            matches the pre-trained model's softmax, ReActNet's distributional loss) or
+            "all" (both phases).
+        activations_first_epochs: 0 (the paper: each layer's inputs and weights are
+            binarized together in its step) or the epochs of a first phase that binarizes
+            every layer's input activations at once with real weights (ReActNet's first
+            step), after which the progressive loop binarizes the weights layer by layer.
         seed: seeds data order, k-means and initialisations; a run is reproducible.
 
     Example:
@@ -57,14 +66,25 @@ class BiTATConfig:
     stats_rows: int = 4096
     kmeans_max_iter: int = 100
     bn_recalibration_batches: int = 20
+    distillation: str = "none"
+    activations_first_epochs: int = 0
     seed: int = 0
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
             raise ValueError(f"Unknown transform {self.transform!r}. Expected one of {TRANSFORMS}.")
+        if self.distillation not in DISTILLATION:
+            raise ValueError(
+                f"Unknown distillation {self.distillation!r}. Expected one of {DISTILLATION}."
+            )
         if not isinstance(self.groups, int) or isinstance(self.groups, bool) or self.groups < 1:
             raise ValueError(f"`groups` must be an integer >= 1. Received: {self.groups!r}")
-        for name in ("epochs_per_layer", "finetune_epochs", "bn_recalibration_batches"):
+        for name in (
+            "epochs_per_layer",
+            "finetune_epochs",
+            "bn_recalibration_batches",
+            "activations_first_epochs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be an integer >= 0. Received: {value!r}")

@@ -12,11 +12,12 @@ class Distiller(keras.Model):
     (KL divergence up to a constant), ``- sum_c p_teacher(c) log p_student(c)``, averaged
     over the batch. With ``alpha > 0`` the compiled task loss is added with weight alpha.
     The teacher is frozen and runs in inference mode. Both models must output logits.
+    Without a teacher, the compiled task loss alone is used.
 
     Args:
         student: the model being trained.
-        teacher: the frozen full-precision model.
-        alpha: weight of the compiled task loss (0: pure distribution loss).
+        teacher: the frozen full-precision model, or None.
+        alpha: weight of the compiled task loss when there is a teacher.
 
     Example:
         >>> d = Distiller(binary_model, fp_model)
@@ -24,11 +25,12 @@ class Distiller(keras.Model):
         >>> d.fit(x, y)  # doctest: +SKIP
     """
 
-    def __init__(self, student, teacher, alpha=0.0):
-        super().__init__(name="distiller")
+    def __init__(self, student, teacher=None, alpha=0.0, name="distiller"):
+        super().__init__(name=name)
         self.student = student
         self.teacher = teacher
-        self.teacher.trainable = False
+        if teacher is not None:
+            teacher.trainable = False
         self.alpha = float(alpha)
         self.built = True
 
@@ -41,6 +43,8 @@ class Distiller(keras.Model):
         return -ops.mean(ops.sum(target * log_probs, axis=-1))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.teacher is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
         loss = self.distribution_loss(x, y_pred)
         if self.alpha:
             task = super().compute_loss(x, y, y_pred, sample_weight, training=training)

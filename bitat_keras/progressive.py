@@ -13,6 +13,7 @@ from bitat_keras import quantizers, transform
 from bitat_keras._data import TrainData
 from bitat_keras.checkpoint import Checkpointer
 from bitat_keras.config import BiTATConfig
+from bitat_keras.distill import Distiller
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize, eligible_layers
 from bitat_keras.regularizers import BinaryL1, DependencyPenalty, TransformRegularizer
@@ -105,39 +106,58 @@ class BlockTransform(keras.layers.Layer):
         return penalty, reg, l1
 
 
-class _QuantizationPhase(keras.Model):
-    """The network plus Eq. 13's extra terms added to the compiled task loss."""
+class _Phase(Distiller):
+    """The network trained on the task loss (or the teacher's distribution) plus, in a
+    quantization phase, Eq. 13's extra terms."""
 
-    def __init__(self, net, block_transform):
-        super().__init__(name="bitat_quantization_phase")
-        self.net = net
+    def __init__(self, net, block_transform=None, teacher=None):
+        super().__init__(net, teacher, name="bitat_phase")
         self.block_transform = block_transform
-        self.member_layers = [net.get_layer(name) for name, _, _ in block_transform.members]
-        self.built = True  # the net and the transform are built already
-
-    def call(self, inputs, training=False):
-        return self.net(inputs, training=training)
+        self.member_layers = []
+        if block_transform is not None:
+            self.member_layers = [net.get_layer(name) for name, _, _ in block_transform.members]
 
     def extra_loss(self):
         penalty, reg, l1 = self.block_transform.terms([m.kernel for m in self.member_layers])
         return penalty + reg + l1
 
     def compute_loss(self, *args, **kwargs):
-        return super().compute_loss(*args, **kwargs) + self.extra_loss()
+        loss = super().compute_loss(*args, **kwargs)
+        if self.block_transform is not None:
+            loss = loss + self.extra_loss()
+        return loss
 
 
-class _LossGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite batch loss and remembers where."""
+class _PhaseMonitor(keras.callbacks.Callback):
+    """Stops training at the first non-finite batch loss and remembers where; times batches
+    so the compile overhead of a phase can be told apart from its training time."""
 
     def __init__(self):
         super().__init__()
         self.bad = None
+        self.batch_seconds = []
+        self._last = None
+
+    def on_train_begin(self, logs=None):
+        self._last = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.batch_seconds.append(now - self._last)
+        self._last = now
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.bad = (batch, float(loss))
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last = time.perf_counter()  # exclude end-of-epoch work from the next batch
+
+    def compile_seconds(self):
+        """First batch (trace/compile + one step) minus a typical step."""
+        if len(self.batch_seconds) < 2:
+            return 0.0
+        return max(self.batch_seconds[0] - float(np.median(self.batch_seconds[1:])), 0.0)
 
 
 def _jit_compile():
@@ -225,6 +245,10 @@ class _Run:
         self.verbose = verbose
         self.loss = _resolve_loss(model)
         self.net = binarize(model, input_quantizer=None, kernel_quantizer=None)
+        self.teacher = None
+        if config.distillation != "none":  # a frozen copy of the pre-trained model
+            self.teacher = keras.models.clone_model(model)
+            self.teacher.set_weights(model.get_weights())
         self.names = eligible_layers(self.net)
         if not self.names:
             raise ValueError(
@@ -254,7 +278,7 @@ class _Run:
         layer.kernel_quantizer = quantizers.get(self.config.kernel_quantizer)
 
     def fit(self, model, lr, epochs, label, record):
-        guard = _LossGuard()
+        guard = _PhaseMonitor()
         model.compile(
             optimizer=keras.optimizers.Adam(_linear_decay(lr, epochs * self.data.steps)),
             loss=self.loss,
@@ -269,6 +293,7 @@ class _Run:
             verbose=self.verbose,
         )
         record["seconds"][label] = time.perf_counter() - start
+        record["compile_seconds"] = guard.compile_seconds()  # included in the fit time
         record["loss"] = [float(v) for v in hist.history.get("loss", [])]
         record["accuracy"] = [float(v) for v in hist.history.get("accuracy", [])]
         return guard
@@ -285,25 +310,66 @@ class _Run:
     def finish_phase(self, record, guard, index, phase, snapshot):
         if guard.bad is not None:
             batch, value = guard.bad
-            name = self.names[index]
             self.net.set_weights(snapshot)
+            if phase == "activations":
+                where = f"all {len(self.names)} layers"
+                for name in self.names:
+                    self.net.get_layer(name).input_quantizer = None
+            else:
+                name = self.names[index]
+                where = f"layer {index + 1}/{len(self.names)} {name!r}"
             if phase == "quantize":  # back to the state before this phase: layer still real
                 layer = self.net.get_layer(name)
                 layer.input_quantizer = layer.kernel_quantizer = None
+                if self.config.activations_first_epochs:
+                    layer.input_quantizer = quantizers.get(self.config.input_quantizer)
             raise NonFiniteLossError(
-                f"Non-finite loss ({value}) at layer {index + 1}/{len(self.names)} "
-                f"{name!r}, phase {phase!r}, batch {batch}. The model is restored to its state "
+                f"Non-finite loss ({value}) at {where}, "
+                f"phase {phase!r}, batch {batch}. The model is restored to its state "
                 "before this phase; the checkpoint (if any) keeps the last completed layer. "
                 "Lower the learning rate or lam.",
                 model=self.net,
                 history=self.history,
             )
         start = time.perf_counter()
-        batches = self.data.batches(self.config.bn_recalibration_batches, self.config.seed + index)
+        seed = self.config.seed + (index if index is not None else len(self.names))
+        batches = self.data.batches(self.config.bn_recalibration_batches, seed)
         record["bn_batches"] = recalibrate_batchnorm(self.net, batches)
         record["seconds"]["batchnorm"] = time.perf_counter() - start
         self.evaluate(record)
         self.history.append(record)
+
+    # -- optional first phase: every layer's input activations binarized at once ----------
+    def binarize_activations(self):
+        for name in self.names:
+            self.net.get_layer(name).input_quantizer = quantizers.get(self.config.input_quantizer)
+
+    def activation_phase(self):
+        """All eligible layers get binary inputs (real weights) and the whole network is
+        trained for ``activations_first_epochs``; the progressive loop then binarizes the
+        weights layer by layer (ReActNet's order of steps, before BiTAT's)."""
+        cfg = self.config
+        record = {"layer": "*", "index": None, "phase": "activations", "seconds": {}}
+        self.log(
+            f"all {len(self.names)} layers: binarize activations, "
+            f"{cfg.activations_first_epochs} epochs"
+        )
+        keras.utils.set_random_seed(cfg.seed * 7919 + 2 * len(self.names) + 1)  # unused by steps
+        _set_trainable(self.net, -1)
+        self.binarize_activations()
+        snapshot = self.net.get_weights()
+        teacher = self.teacher if cfg.distillation != "none" else None
+        guard = self.fit(
+            _Phase(self.net, None, teacher),
+            cfg.learning_rate,
+            cfg.activations_first_epochs,
+            "activations",
+            record,
+        )
+        record["epochs"] = cfg.activations_first_epochs
+        self.finish_phase(record, guard, None, "activations", snapshot)
+        if self.ckpt is not None:
+            self.ckpt.save(self.net, 0, self.history, *self.block_state())
 
     # -- Algorithm 1, lines 7-10 -----------------------------------------------------------
     def init_transform(self, index, name, record):
@@ -377,7 +443,8 @@ class _Run:
         self.quantize(name)
         self.init_transform(index, name, record)
         block_transform = self.block_transform()
-        phase = _QuantizationPhase(self.net, block_transform)
+        teacher = self.teacher if cfg.distillation == "all" else None
+        phase = _Phase(self.net, block_transform, teacher)
         snapshot = self.net.get_weights()
         guard = self.fit(phase, cfg.learning_rate, cfg.epochs_per_layer, "quantize", record)
         if guard.bad is None and cfg.transform != "none":
@@ -403,8 +470,13 @@ class _Run:
             )
             keras.utils.set_random_seed(cfg.seed * 7919 + 2 * index + 1)
             snapshot = self.net.get_weights()
+            teacher = self.teacher if cfg.distillation != "none" else None
             guard = self.fit(
-                self.net, cfg.finetune_learning_rate, cfg.finetune_epochs, "finetune", record
+                _Phase(self.net, None, teacher),
+                cfg.finetune_learning_rate,
+                cfg.finetune_epochs,
+                "finetune",
+                record,
             )
             record["epochs"] = cfg.finetune_epochs
             self.finish_phase(record, guard, index, "finetune", snapshot)
@@ -437,9 +509,11 @@ class _Run:
 
     def restore(self, state):
         completed = state["completed"]
+        if self.config.activations_first_epochs:
+            self.binarize_activations()
         for name in self.names[:completed]:
             self.quantize(name)
-        _set_trainable(self.net, self.position[self.names[completed - 1]])
+        _set_trainable(self.net, self.position[self.names[completed - 1]] if completed else -1)
         self.net.load_weights(state["weights_path"])
         self.history = state["history"]
         arrays = state["block_arrays"] or {}
@@ -526,13 +600,15 @@ def progressive_fit(
         raise TypeError(f"`config` must be a BiTATConfig. Received: {type(config).__name__}")
     _check_model(model)
     run = _Run(model, train_data, config, validation_data, callbacks, None, verbose)
-    first = 0
+    first, state = 0, None
     if checkpoint_dir is not None:
         run.ckpt = Checkpointer(checkpoint_dir, _fingerprint(config, run.names, run.net))
         state = run.ckpt.load()
         if state is not None:
             first = run.restore(state)
             run.log(f"resuming from {checkpoint_dir!r} after layer {first}/{len(run.names)}")
+    if config.activations_first_epochs and state is None:
+        run.activation_phase()
     for index in range(first, len(run.names)):
         run.step(index)
     run.close_block()

@@ -224,3 +224,25 @@ def test_other_ablations_run_and_size_v_as_documented(digits, name):
         assert all(h["penalty"] == 0 and h["reg"] == 0 for h in result.history)
     else:
         assert all(h["penalty"] > 0 for h in result.history)
+
+
+def test_activations_first_variant_with_distillation_and_checkpoint(digits, tmp_path):
+    model = bk.models.reactnet_mobilenet(
+        (8, 8, 1), num_classes=10, width_multiplier=0.25, blocks=[(64, 1)]
+    )
+    config = bk.BiTATConfig(
+        **{**FAST, "finetune_epochs": 0, "activations_first_epochs": 1, "distillation": "all"}
+    )
+    result = bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    assert [h["phase"] for h in result.history] == ["activations"] + ["quantize"] * 3
+    weights = [ops.convert_to_numpy(w) for w in result.model.weights]
+    # A second call with the same arguments finds every layer done and trains nothing.
+    again = bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    assert len(again.history) == 4
+    for a, b in zip(weights, again.model.weights, strict=True):
+        np.testing.assert_array_equal(a, ops.convert_to_numpy(b))
+    for name in bk.models.eligible_layers(model):
+        layer = again.model.get_layer(name)
+        assert layer.input_quantizer is not None and layer.kernel_quantizer is not None
+    with pytest.raises(ValueError, match="other arguments"):
+        bk.progressive_fit(model, digits, config=bk.BiTATConfig(**FAST), checkpoint_dir=tmp_path)
