@@ -43,7 +43,7 @@ class PhaseRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.events.append("train_begin")
-        net = getattr(self.model, "net", self.model)
+        net = getattr(self.model, "student", self.model)  # phases wrap the network
         layer = net.get_layer("block1_conv3x3")
         self.kernels.append(ops.convert_to_numpy(layer.quantized_kernel()))
 
