@@ -339,6 +339,16 @@ class _Run:
         self.evaluate(record)
         self.history.append(record)
 
+    def task_phase(self, record, index, seed, lr, epochs):
+        """Train the trainable layers on the task loss (or the teacher's distribution, unless
+        distillation is "none") for ``epochs``; used by the fine-tune and activation phases."""
+        keras.utils.set_random_seed(seed)
+        snapshot = self.net.get_weights()
+        teacher = self.teacher if self.config.distillation != "none" else None
+        guard = self.fit(_Phase(self.net, None, teacher), lr, epochs, record["phase"], record)
+        record["epochs"] = epochs
+        self.finish_phase(record, guard, index, record["phase"], snapshot)
+
     # -- optional first phase: every layer's input activations binarized at once ----------
     def binarize_activations(self):
         for name in self.names:
@@ -354,20 +364,10 @@ class _Run:
             f"all {len(self.names)} layers: binarize activations, "
             f"{cfg.activations_first_epochs} epochs"
         )
-        keras.utils.set_random_seed(cfg.seed * 7919 + 2 * len(self.names) + 1)  # unused by steps
         _set_trainable(self.net, -1)
         self.binarize_activations()
-        snapshot = self.net.get_weights()
-        teacher = self.teacher if cfg.distillation != "none" else None
-        guard = self.fit(
-            _Phase(self.net, None, teacher),
-            cfg.learning_rate,
-            cfg.activations_first_epochs,
-            "activations",
-            record,
-        )
-        record["epochs"] = cfg.activations_first_epochs
-        self.finish_phase(record, guard, None, "activations", snapshot)
+        seed = cfg.seed * 7919 + 2 * len(self.names) + 1  # a seed no layer step uses
+        self.task_phase(record, None, seed, cfg.learning_rate, cfg.activations_first_epochs)
         if self.ckpt is not None:
             self.ckpt.save(self.net, 0, self.history, *self.block_state())
 
@@ -468,18 +468,8 @@ class _Run:
                 f"layer {index + 1}/{total} {name!r}: fine-tune the layers above, "
                 f"{cfg.finetune_epochs} epochs"
             )
-            keras.utils.set_random_seed(cfg.seed * 7919 + 2 * index + 1)
-            snapshot = self.net.get_weights()
-            teacher = self.teacher if cfg.distillation != "none" else None
-            guard = self.fit(
-                _Phase(self.net, None, teacher),
-                cfg.finetune_learning_rate,
-                cfg.finetune_epochs,
-                "finetune",
-                record,
-            )
-            record["epochs"] = cfg.finetune_epochs
-            self.finish_phase(record, guard, index, "finetune", snapshot)
+            seed = cfg.seed * 7919 + 2 * index + 1
+            self.task_phase(record, index, seed, cfg.finetune_learning_rate, cfg.finetune_epochs)
 
         last = index + 1 == total or cfg.transform == "intra"
         if last or self.block_of[self.names[index + 1]] is not self.block_of[name]:
