@@ -10,12 +10,11 @@ from bitat_keras._data import TrainData
 from bitat_keras.distill import Distiller
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize
-from bitat_keras.progressive import recalibrate_batchnorm
+from bitat_keras.progressive import _jit_compile, _linear_decay, recalibrate_batchnorm
 
 
 def _optimizer(lr, steps, weight_decay=None):
-    schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(int(steps), 1), 0.0)
-    return keras.optimizers.Adam(schedule, weight_decay=weight_decay)
+    return keras.optimizers.Adam(_linear_decay(lr, steps), weight_decay=weight_decay)
 
 
 def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
@@ -24,7 +23,7 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
         optimizer=_optimizer(lr, epochs * data.steps, weight_decay),
         loss=None if teacher is not None else _task_loss(),
         metrics=None if teacher is not None else ["accuracy"],
-        jit_compile=keras.backend.backend() != "tensorflow",
+        jit_compile=_jit_compile(),
     )
     trainer.fit(**data.fit_kwargs(), epochs=epochs, verbose=verbose, callbacks=callbacks or [])
     recalibrate_batchnorm(model, data.batches(20, seed=0))

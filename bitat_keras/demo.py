@@ -13,7 +13,12 @@ import numpy as np
 
 from bitat_keras import analysis, datasets, models
 from bitat_keras.config import BiTATConfig
-from bitat_keras.progressive import progressive_fit, recalibrate_batchnorm
+from bitat_keras.progressive import (
+    _jit_compile,
+    _linear_decay,
+    progressive_fit,
+    recalibrate_batchnorm,
+)
 
 DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
 
@@ -80,10 +85,10 @@ def train_full_precision(model, train, epochs, batch_size, verbose):
     x, y = train
     steps = epochs * int(np.ceil(len(x) / batch_size))
     model.compile(
-        keras.optimizers.Adam(keras.optimizers.schedules.PolynomialDecay(1e-3, steps, 0.0)),
+        keras.optimizers.Adam(_linear_decay(1e-3, steps)),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=keras.backend.backend() != "tensorflow",
+        jit_compile=_jit_compile(),
     )
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
     order = np.random.default_rng(0).permutation(len(x))[: 20 * batch_size]
