@@ -7,27 +7,8 @@ Usage: python benchmarks/lce_benchmark_command.py MODEL.tflite [--threads 1 4]
 """
 
 import argparse
-import os
 
-
-def commands(model_path, threads=(1, 4), runs=100):
-    name = os.path.basename(model_path)
-    out = []
-    for t in threads:
-        out.append(
-            "# Raspberry Pi 4 / any 64-bit ARM Linux board:\n"
-            f"scp {model_path} pi@raspberrypi.local:~/\n"
-            f"ssh pi@raspberrypi.local ./lce_benchmark_model --graph=$HOME/{name} "
-            f"--num_threads={t} --num_runs={runs} --warmup_runs=10"
-        )
-        out.append(
-            "# Android phone over adb:\n"
-            f"adb push lce_benchmark_model {model_path} /data/local/tmp/\n"
-            "adb shell chmod +x /data/local/tmp/lce_benchmark_model\n"
-            f"adb shell /data/local/tmp/lce_benchmark_model --graph=/data/local/tmp/{name} "
-            f"--num_threads={t} --num_runs={runs} --warmup_runs=10"
-        )
-    return out
+from bitat_keras.export import lce_benchmark_commands as commands
 
 
 def main(argv=None):

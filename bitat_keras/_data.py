@@ -2,11 +2,30 @@
 
 import math
 
+import keras
 import numpy as np
 
 
 def _is_tf_dataset(data):
     return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+def batch_splits():
+    """``(devices, how)``: the devices every batch is split over and how, from the active
+    ``tf.distribute`` strategy (TensorFlow: "replicas") or ``keras.distribution`` (JAX: its
+    batch axis, "shards"); ``(1, None)`` without one."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # already imported by the backend
+
+        return tf.distribute.get_strategy().num_replicas_in_sync, "replicas"
+    if backend == "jax":
+        dist = keras.distribution.distribution()
+        axis = getattr(dist, "batch_dim_name", None)
+        if axis is not None:
+            mesh = dist.device_mesh
+            return int(mesh.shape[list(mesh.axis_names).index(axis)]), "shards"
+    return 1, None
 
 
 class TrainData:
@@ -23,6 +42,7 @@ class TrainData:
         self.what = what
         self.batch_size = int(batch_size)
         self.dataset = None
+        self.devices, self._split = batch_splits()
         if _is_tf_dataset(data):
             self.dataset = data
             first = next(iter(data.take(1)), None)
@@ -35,6 +55,14 @@ class TrainData:
                 )
             x, y = (np.asarray(t) for t in first)
             self._check(x, y, model)
+            static = data.element_spec[0].shape[0]
+            if self._split == "shards" and (static is None or static % self.devices):
+                raise ValueError(
+                    f"`{what}`: keras.distribution shards every batch over {self.devices} "
+                    "devices, so the dataset needs a fixed batch size divisible by "
+                    f"{self.devices} (batch with drop_remainder=True). Received batches of "
+                    f"size {static if static is not None else 'None (unknown)'}."
+                )
             card = int(data.cardinality())
             self.steps = card if card > 0 else sum(1 for _ in data)
         elif isinstance(data, tuple | list) and len(data) == 2:
@@ -46,6 +74,7 @@ class TrainData:
             self._check(x, y, model)
             self.x, self.y = x.astype("float32", copy=False), y
             self.steps = math.ceil(len(x) / self.batch_size)
+            self._check_split(len(x))
         else:
             raise TypeError(
                 f"`{what}` must be a tuple (x, y) of numpy arrays or a tf.data.Dataset of "
@@ -79,6 +108,26 @@ class TrainData:
                 f"{model.name!r}. Received values in [{y.min()}, {y.max()}]."
             )
 
+    def _check_split(self, n):
+        """Under a distribution every batch must reach every device: JAX's sharding needs
+        sizes divisible by the device count; a tf.distribute replica left with an empty
+        batch fails (TensorFlow's VALID conv mis-shapes empty batches)."""
+        if self.devices == 1:
+            return
+        sizes = {min(self.batch_size, n), n % self.batch_size or self.batch_size}
+        if self._split == "shards":
+            bad = sorted(b for b in sizes if b % self.devices)
+            rule = f"divisible by {self.devices} (keras.distribution shards each batch)"
+        else:
+            bad = sorted(b for b in sizes if b < self.devices)
+            rule = f"at least {self.devices} (one sample per tf.distribute replica)"
+        if bad:
+            raise ValueError(
+                f"`{self.what}`: {n} samples in batches of {self.batch_size} give batches of "
+                f"size {bad}, but every batch size must be {rule}. Choose batch_size and the "
+                "number of samples accordingly (e.g. drop the last few samples)."
+            )
+
     def fit_kwargs(self):
         if self.dataset is not None:
             return {"x": self.dataset}
@@ -86,8 +135,10 @@ class TrainData:
 
     def images(self, n, seed):
         """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
+        if n > self.devices:  # every prediction batch reaches every device
+            n -= n % self.devices
         if self.dataset is None:
-            n = min(n, len(self.x))
+            n = min(n, len(self.x) - len(self.x) % self.devices)
             idx = np.random.default_rng(seed).choice(len(self.x), size=n, replace=False)
             return self.x[np.sort(idx)]
         out, total = [], 0

@@ -7,6 +7,7 @@ from bitat_keras import quantizers
 from bitat_keras.transform import TRANSFORMS
 
 DISTILLATION = ("none", "finetune", "all")
+PENALTY_GRADIENTS = ("latent", "sign")
 
 
 @dataclasses.dataclass
@@ -43,6 +44,12 @@ class BiTATConfig:
             binarized together in its step) or the epochs of a first phase that binarizes
             every layer's input activations at once with real weights (ReActNet's first
             step), after which the progressive loop binarizes the weights layer by layer.
+        penalty_gradient: which side of W - Q(W) in the penalty gets the gradient (the
+            paper leaves it open): "latent" (Q(W) is the fixed target; the penalty pulls the
+            latent weights towards their binary values) or "sign" (W is the fixed target;
+            the gradient flows through sgn's straight-through estimator, pushing the binary
+            weights towards the latent, initially pre-trained, weights' outputs in the
+            important directions).
         seed: seeds data order, k-means and initialisations; a run is reproducible.
 
     Example:
@@ -68,6 +75,7 @@ class BiTATConfig:
     bn_recalibration_batches: int = 20
     distillation: str = "none"
     activations_first_epochs: int = 0
+    penalty_gradient: str = "latent"
     seed: int = 0
 
     def __post_init__(self):
@@ -76,6 +84,11 @@ class BiTATConfig:
         if self.distillation not in DISTILLATION:
             raise ValueError(
                 f"Unknown distillation {self.distillation!r}. Expected one of {DISTILLATION}."
+            )
+        if self.penalty_gradient not in PENALTY_GRADIENTS:
+            raise ValueError(
+                f"Unknown penalty_gradient {self.penalty_gradient!r}. "
+                f"Expected one of {PENALTY_GRADIENTS}."
             )
         if not isinstance(self.groups, int) or isinstance(self.groups, bool) or self.groups < 1:
             raise ValueError(f"`groups` must be an integer >= 1. Received: {self.groups!r}")

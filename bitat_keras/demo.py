@@ -45,6 +45,13 @@ def build_parser(prog="bitat-keras demo"):
     p.add_argument("--output-dir", default="bitat_demo", help="where models and results go")
     p.add_argument("--checkpoint-dir", default=None, help="resume BiTAT from here if killed")
     p.add_argument("--no-convert", action="store_true", help="skip the LCE conversion")
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="DIR",
+        help="write the BiTAT figures (V heatmaps, k-means groups, per-layer history, "
+        "Q_ours/Q_orig) as PNG files into DIR",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     return p
 
@@ -158,6 +165,12 @@ def run(args):
             record["seconds"].values()
         )
     errors = analysis.quantization_errors(fp, bnn, train[0][:256])
+    plot_paths = []
+    if args.plots:
+        from bitat_keras import plots
+
+        plot_paths = plots.save_all(result, args.plots, errors=errors)
+        _say(f"   wrote {len(plot_paths)} figures to {args.plots}")
 
     report = {
         "dataset": name,
@@ -172,6 +185,7 @@ def run(args):
         "v_parameters": result.v_parameters,
         "q_orig": errors["q_orig"],
         "q_ours": errors["q_ours"],
+        "plots": plot_paths,
         "config": config.to_dict(),
     }
     if args.no_convert:

@@ -5,6 +5,19 @@ import keras
 from keras import ops
 
 
+def per_replica(loss):
+    """``loss`` / replicas under a tf.distribute strategy, as Keras scales its compiled loss
+    (the replicas' gradients are summed); unchanged elsewhere (JAX's DataParallel computes
+    the global loss, so nothing to scale there)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # already imported by the backend
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return loss
+
+
 class Distiller(keras.Model):
     """Trains ``student`` on ``teacher``'s output distribution (plus optional task loss).
 
@@ -40,7 +53,7 @@ class Distiller(keras.Model):
     def distribution_loss(self, x, y_pred):
         target = ops.stop_gradient(ops.softmax(self.teacher(x, training=False), axis=-1))
         log_probs = ops.log_softmax(y_pred, axis=-1)
-        return -ops.mean(ops.sum(target * log_probs, axis=-1))
+        return per_replica(-ops.mean(ops.sum(target * log_probs, axis=-1)))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.teacher is None:

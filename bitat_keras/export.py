@@ -875,3 +875,38 @@ def convert_file(
         report["float_output_path"] = save_flatbuffer(float_data, float_output_path)
         report["float_size_bytes"] = len(float_data)
     return report
+
+
+def lce_benchmark_commands(model_path, threads=(1, 4), runs=100):
+    """The shell commands that time ``model_path`` with LCE's ``lce_benchmark_model`` on a
+    64-bit ARM Linux board (Raspberry Pi) and on an Android phone over adb, one pair per
+    thread count. Build the binary from larq-compute-engine's repository
+    (``bazel build -c opt --config=aarch64
+    //larq_compute_engine/tflite/benchmark:lce_benchmark_model``) or take it from LCE's
+    GitHub releases.
+
+    Args:
+        model_path: the LCE ``.tflite`` flatbuffer on this machine.
+        threads: ``--num_threads`` values.
+        runs: ``--num_runs`` (after 10 warm-up runs).
+
+    Example:
+        >>> print("\n\n".join(lce_benchmark_commands("bitat.tflite", threads=[1])))
+    """
+    name = os.path.basename(model_path)
+    out = []
+    for t in threads:
+        out.append(
+            "# Raspberry Pi 4 / any 64-bit ARM Linux board:\n"
+            f"scp {model_path} pi@raspberrypi.local:~/\n"
+            f"ssh pi@raspberrypi.local ./lce_benchmark_model --graph=$HOME/{name} "
+            f"--num_threads={t} --num_runs={runs} --warmup_runs=10"
+        )
+        out.append(
+            "# Android phone over adb:\n"
+            f"adb push lce_benchmark_model {model_path} /data/local/tmp/\n"
+            "adb shell chmod +x /data/local/tmp/lce_benchmark_model\n"
+            f"adb shell /data/local/tmp/lce_benchmark_model --graph=/data/local/tmp/{name} "
+            f"--num_threads={t} --num_runs={runs} --warmup_runs=10"
+        )
+    return out

@@ -13,7 +13,7 @@ from bitat_keras import quantizers, transform
 from bitat_keras._data import TrainData
 from bitat_keras.checkpoint import Checkpointer
 from bitat_keras.config import BiTATConfig
-from bitat_keras.distill import Distiller
+from bitat_keras.distill import Distiller, per_replica
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize, eligible_layers
 from bitat_keras.regularizers import BinaryL1, DependencyPenalty, TransformRegularizer
@@ -63,10 +63,27 @@ class BlockTransform(keras.layers.Layer):
         members: list of ``(layer_name, group_ids or None, k)`` in block order.
         lam, gamma, reg_weight: weights of the penalty, the l1 term and Reg.
         use_transform: False for the "none" ablation (only the l1 term remains).
+        penalty_gradient: "latent" or "sign": which side of W - Q(W) the penalty's
+            gradient flows through (see ``residuals``).
+        kernel_quantizer: the sign quantizer whose straight-through gradient "sign" uses.
     """
 
-    def __init__(self, s, v, sigma, members, lam, gamma, reg_weight, use_transform=True):
+    def __init__(
+        self,
+        s,
+        v,
+        sigma,
+        members,
+        lam,
+        gamma,
+        reg_weight,
+        use_transform=True,
+        penalty_gradient="latent",
+        kernel_quantizer="ste_sign",
+    ):
         super().__init__(name="block_transform")
+        self.penalty_gradient = penalty_gradient
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.members = [(name, ids, k) for name, ids, k in members]
         self.sigma = float(sigma)
         self.use_transform = use_transform
@@ -84,15 +101,22 @@ class BlockTransform(keras.layers.Layer):
         self._ids = [None if ids is None else ops.convert_to_tensor(ids) for _, ids, _ in members]
 
     def residuals(self, kernels):
-        """P_j (W_j - Q(W_j)) for each member; Q(W) is the target, so no gradient flows
-        through it (the task loss already carries the STE gradient)."""
+        """P_j (W_j - Q(W_j)) for each member, Q(W) = alpha[o] * sgn(W).
+
+        ``penalty_gradient="latent"``: Q(W) is a fixed target and the gradient moves the
+        latent W towards it. ``"sign"``: W is the fixed target and the gradient flows
+        through sgn's straight-through estimator, so the binary weights move towards the
+        outputs of the latent (initially pre-trained) ones in the important directions.
+        """
         out = []
         for kernel, ids, (_, _, k) in zip(kernels, self._ids, self.members, strict=True):
             c = kernel.shape[-1]
-            alpha = ops.mean(ops.abs(kernel), axis=(0, 1, 2))
-            target = ops.stop_gradient(ops.where(kernel >= 0, 1.0, -1.0) * alpha)
-            residual = ops.reshape(kernel - target, (-1, c))
-            out.append(transform.reduce_residual(residual, ids, k))
+            alpha = ops.stop_gradient(ops.mean(ops.abs(kernel), axis=(0, 1, 2)))
+            if self.penalty_gradient == "sign":
+                residual = ops.stop_gradient(kernel) - self.kernel_quantizer(kernel) * alpha
+            else:
+                residual = kernel - ops.stop_gradient(ops.where(kernel >= 0, 1.0, -1.0) * alpha)
+            out.append(transform.reduce_residual(ops.reshape(residual, (-1, c)), ids, k))
         return out
 
     def terms(self, kernels):
@@ -124,7 +148,7 @@ class _Phase(Distiller):
     def compute_loss(self, *args, **kwargs):
         loss = super().compute_loss(*args, **kwargs)
         if self.block_transform is not None:
-            loss = loss + self.extra_loss()
+            loss = loss + per_replica(self.extra_loss())
         return loss
 
 
@@ -162,8 +186,9 @@ class _PhaseMonitor(keras.callbacks.Callback):
 
 def _jit_compile():
     """XLA under TensorFlow costs more to compile per phase than it saves on CPU-sized
-    phases; JAX always compiles."""
-    return keras.backend.backend() != "tensorflow"
+    phases; JAX always compiles; torch.compile recompiles for every phase and layer type
+    (minutes on a tiny model), so torch runs eagerly."""
+    return keras.backend.backend() == "jax"
 
 
 def _linear_decay(lr, steps):
@@ -429,7 +454,18 @@ class _Run:
         v = b["v"] if use else np.zeros((0, 0))
         sigma = float(np.sum(np.log(np.maximum(np.abs(s), 1e-12)))) if use else 0.0
         members = list(zip(b["layers"], b["ids"], b["ks"], strict=True))
-        return BlockTransform(s, v, sigma, members, cfg.lam, cfg.gamma, cfg.reg_weight, use)
+        return BlockTransform(
+            s,
+            v,
+            sigma,
+            members,
+            cfg.lam,
+            cfg.gamma,
+            cfg.reg_weight,
+            use,
+            cfg.penalty_gradient,
+            cfg.kernel_quantizer,
+        )
 
     # -- one layer: quantize (Alg. 1 lines 7-12), then fine-tune the layers above -----------
     def step(self, index):
@@ -453,11 +489,11 @@ class _Run:
         penalty, reg, l1 = block_transform.terms(
             [self.net.get_layer(n).kernel for n in self.block["layers"]]
         )
-        record.update(
+        record.update(  # via numpy: torch tensors that require grad warn on float()
             epochs=cfg.epochs_per_layer,
-            penalty=float(penalty),
-            reg=float(reg),
-            l1=float(l1),
+            penalty=float(ops.convert_to_numpy(penalty)),
+            reg=float(ops.convert_to_numpy(reg)),
+            l1=float(ops.convert_to_numpy(l1)),
         )
         _set_trainable(self.net, self.position[name])  # Alg. 1 line 12: freeze sgn(w)
         self.finish_phase(record, guard, index, "quantize", snapshot)

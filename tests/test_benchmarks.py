@@ -72,3 +72,20 @@ def test_lce_benchmark_command_prints_pi_and_android_commands(capsys):
     assert main(["model.tflite", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "lce_benchmark_model --graph=" in out and "adb shell" in out and "--num_threads=1" in out
+
+
+def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import deployment
+
+    report = deployment.run("mini", str(tmp_path), runs=3)
+    d = report["deployment"]
+    assert d["lce_bconv2d_ops"] == d["binary_layers"] == 3
+    assert d["parity_max_abs_diff"] < 1e-3
+    assert d["lce_over_float_size"] == d["lce_size_bytes"] / d["float_tflite_size_bytes"]
+    assert all(v > 0 for v in d["latency_ms"].values())
+    assert set(report["goals"]) == {
+        "lce_at_most_1_20_of_float_size",
+        "lce_at_most_0.5x_float_latency_1t",
+    }
+    assert "| lce_indirect_bgemm |" in (tmp_path / "deployment_mini.md").read_text()

@@ -29,6 +29,8 @@ def test_demo_end_to_end_on_digits(tmp_path, capsys):
         "16",
         "--output-dir",
         str(out),
+        "--plots",
+        str(tmp_path / "figures"),
         "--quiet",
     ]
     assert cli.main(args) == 0
@@ -45,6 +47,10 @@ def test_demo_end_to_end_on_digits(tmp_path, capsys):
     assert 0 < report["v_parameters"]["ratio"] < 1
     for name in ("fp.keras", "bitat.keras", "bitat.tflite", "results.json"):
         assert (out / name).stat().st_size > 0
+    # --plots: every figure save_all draws, as PNG files listed in the report.
+    assert len(report["plots"]) >= 5
+    for path in report["plots"]:
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unknown_command_and_help(capsys):

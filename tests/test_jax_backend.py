@@ -1,21 +1,32 @@
-"""The training core runs under KERAS_BACKEND=jax without TensorFlow.
+"""The training core runs under KERAS_BACKEND=jax without TensorFlow, and what it trains
+deploys through TensorFlow and LCE.
 
-Runs in a subprocess (the backend is fixed per process) in which TensorFlow cannot be
-imported at all, as on a GPU machine that has JAX but no TensorFlow. (Keras itself imports
-TensorFlow opportunistically when it is installed, e.g. in `serialize_keras_object`.)
-Install jax with `pip install -e ".[jax]"` (also in `.[test]`); the test skips without it.
+One subprocess (the backend is fixed per process) in which TensorFlow cannot be imported at
+all, as on a GPU machine that has JAX but no TensorFlow (Keras itself imports TensorFlow
+opportunistically when it is installed, e.g. in `keras.utils.set_random_seed`), trains the
+baselines and a progressive_fit run, saves the BiTAT model as `.keras` and its JAX outputs
+as `.npy`. This (TensorFlow) process then loads the file in safe mode, converts it with LCE
+and checks the flatbuffer against the JAX outputs: the route from GPU training to a phone.
+Install jax with `pip install -e ".[jax]"` (also in `.[test]`); the tests skip without it.
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
+
+import bitat_keras as bk
 
 SCRIPT = textwrap.dedent(
     """
+    import json
     import sys
 
     class NoTensorFlow:  # makes `import tensorflow` fail, as if it were not installed
@@ -27,43 +38,106 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import keras
     import bitat_keras as bk
+    from bitat_keras import baselines
     from keras import ops
+
+    def exact(layer):  # the effective kernel is +-alpha[o] per output channel
+        k = ops.convert_to_numpy(layer.quantized_kernel())
+        return all(np.unique(np.abs(k[..., o])).size == 1 for o in range(k.shape[-1]))
 
     assert keras.backend.backend() == "jax"
     x, y = bk.datasets.load("digits", "train")
-    x, y = x[:96], y[:96]
-    model = bk.models.reactnet_mobilenet((8, 8, 1), num_classes=10, width_multiplier=0.25,
-                                         blocks=[(64, 1)], binary=True)
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    before = ops.convert_to_numpy(model.get_layer("block1_conv3x3").kernel).copy()
-    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    after = ops.convert_to_numpy(model.get_layer("block1_conv3x3").kernel)
-    assert np.abs(after - before).max() > 0, "the binary kernel did not train"
-
+    x, y = x[:64], y[:64]
+    keras.utils.set_random_seed(0)
     fp = bk.models.reactnet_mobilenet((8, 8, 1), num_classes=10, width_multiplier=0.25,
-                                      blocks=[(64, 1)])
+                                      blocks=[(32, 1)])
+    names = bk.models.eligible_layers(fp)
+    before = ops.convert_to_numpy(fp.get_layer(names[0]).kernel)
+
+    # The baselines: binary layers trained by plain fit (naive STE) and by the Distiller.
+    naive, _ = baselines.naive_ste(fp, (x, y), epochs=1, batch_size=32)
+    two_step, _ = baselines.reactnet_two_step(fp, (x, y), epochs=2, batch_size=32)
+    for model in (naive, two_step):
+        layer = model.get_layer(names[0])
+        assert np.abs(ops.convert_to_numpy(layer.kernel) - before).max() > 0, "not trained"
+        assert layer.input_quantizer is not None and exact(layer)
+        assert np.isfinite(baselines.accuracy(model, x, y))
+    print("BASELINES-OK")
+
     config = bk.BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8,
                             stats_images=32, stats_rows=256, bn_recalibration_batches=2)
     result = bk.progressive_fit(fp, (x, y), config=config, verbose=0)
-    k = ops.convert_to_numpy(result.model.get_layer("block1_conv1x1_b").quantized_kernel())
-    assert all(np.unique(np.abs(k[..., o])).size == 1 for o in range(k.shape[-1]))
+    assert all(exact(result.model.get_layer(name)) for name in names)
+    result.model.save("bitat_jax.keras")
+    np.save("x.npy", x[:16])
+    np.save("jax_outputs.npy", result.model.predict(x[:16], verbose=0))
+    with open("run.json", "w") as f:
+        json.dump({"binary": names, "phases": [h["phase"] for h in result.history]}, f)
     assert "tensorflow" not in sys.modules, "TensorFlow was imported"
-    print("JAX-OK", len(result.history))
+    print("JAX-OK")
     """
 )
 
 
-def test_training_and_progressive_fit_under_jax_without_tensorflow(tmp_path):
+def subprocess_env(**extra):
+    """The current environment, with this checkout first on the path (the subprocess must
+    import the bitat_keras under test, wherever the package is installed from)."""
+    root = str(Path(bk.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+    """Runs SCRIPT once; returns (folder with its files, stdout)."""
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed: pip install -e '.[jax]'")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    folder = tmp_path_factory.mktemp("jax_run")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT],
-        env=env,
+        env=subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,
+        cwd=folder,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "JAX-OK 5" in proc.stdout
+    return folder, proc.stdout
+
+
+def test_baselines_under_jax_without_tensorflow(jax_run):
+    _, out = jax_run
+    assert "BASELINES-OK" in out
+
+
+def test_progressive_fit_under_jax_without_tensorflow(jax_run):
+    folder, out = jax_run
+    assert "JAX-OK" in out
+    run = json.loads((folder / "run.json").read_text())
+    assert run["binary"] == ["block1_conv3x3", "block1_conv1x1"]
+    assert run["phases"].count("quantize") == 2
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="LCE conversion needs KERAS_BACKEND=tensorflow"
+)
+def test_jax_trained_model_loads_and_converts_under_tensorflow(jax_run):
+    """JAX training -> .keras -> TensorFlow (safe mode) -> LCE flatbuffer, checked against
+    the outputs the JAX process computed (relative tolerance 1e-3, as in test_export.py:
+    the interpreter folds BatchNorm and computes the binary convs with integer popcounts)."""
+    from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+    folder, _ = jax_run
+    binary = json.loads((folder / "run.json").read_text())["binary"]
+    model = keras.saving.load_model(folder / "bitat_jax.keras", compile=False, safe_mode=True)
+    assert bk.export.binary_conv_layers(model) == binary  # binary in both quantizers
+    x, expected = np.load(folder / "x.npy"), np.load(folder / "jax_outputs.npy")
+    scale = float(np.abs(expected).max())
+    assert scale > 0.1, "degenerate outputs: the parity check would be vacuous"
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-3 * scale)
+
+    flatbuffer = bk.convert_keras_model(model)
+    assert bk.inspect_tflite(flatbuffer)["ops"].get("LceBconv2d") == len(binary)
+    assert bk.verify_tflite(model, flatbuffer, x) < 1e-3 * scale
+    lce = Interpreter(flatbuffer).predict(x)
+    np.testing.assert_allclose(lce, expected, atol=1e-3 * scale)

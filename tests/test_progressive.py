@@ -246,3 +246,18 @@ def test_activations_first_variant_with_distillation_and_checkpoint(digits, tmp_
         assert layer.input_quantizer is not None and layer.kernel_quantizer is not None
     with pytest.raises(ValueError, match="other arguments"):
         bk.progressive_fit(model, digits, config=bk.BiTATConfig(**FAST), checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"transform": "pca"}, "Unknown transform 'pca'"),
+        ({"distillation": "soft"}, "Unknown distillation 'soft'"),
+        ({"penalty_gradient": "both"}, r"Unknown penalty_gradient 'both'.*\('latent', 'sign'\)"),
+        ({"groups": 0}, "`groups` must be an integer >= 1. Received: 0"),
+        ({"lam": -1.0}, "`lam` must be >= 0"),
+    ],
+)
+def test_bad_config_values_name_what_was_received(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bk.BiTATConfig(**kwargs)

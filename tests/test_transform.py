@@ -152,6 +152,36 @@ def test_penalty_equals_numpy_eq13_on_random_tensors():
     np.testing.assert_allclose([penalty, reg, l1], expected, rtol=2e-5)
 
 
+@pytest.mark.parametrize("mode", ["latent", "sign"])
+def test_penalty_gradient_flows_into_the_chosen_side(mode):
+    """d/dW of lam*||diag(s) V^T (W - Q(W))||^2 with M = V diag(s^2) V^T and R = W - Q:
+    "latent" (Q fixed): 2 lam M R; "sign" (W fixed, STE through sgn, alpha fixed):
+    -2 lam alpha[o] 1{|W| <= 1} M R."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    w = (rng.normal(size=(1, 1, 5, 3)) * 0.4).astype("float32")
+    w[0, 0, 0, 0] = 1.5  # outside the STE's clip range: no gradient through sgn there
+    s = rng.random(5) + 0.5
+    v = np.linalg.qr(rng.normal(size=(5, 5)))[0]
+    bt = bk.progressive.BlockTransform(
+        s, v, 0.0, [("a", None, 5)], lam=3.0, gamma=0.0, reg_weight=0.0, penalty_gradient=mode
+    )
+    kernel = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        penalty, _, _ = bt.terms([kernel])
+    grad = tape.gradient(penalty, kernel).numpy().reshape(5, 3)
+    m = w.reshape(5, 3).astype(float)
+    alpha = np.abs(m).mean(axis=0)
+    r = m - np.where(m >= 0, 1.0, -1.0) * alpha
+    big_m = v @ np.diag(s**2) @ v.T
+    expected = 2 * 3.0 * big_m @ r
+    if mode == "sign":
+        expected = -expected * alpha * (np.abs(m) <= 1.0)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+    assert float(penalty) == pytest.approx(3.0 * np.sum((np.diag(s) @ v.T @ r) ** 2), rel=1e-5)
+
+
 def test_regularizer_classes_serialize():
     for term in (
         bk.regularizers.DependencyPenalty(3.0),
