@@ -89,3 +89,23 @@ def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp
         "lce_at_most_0.5x_float_latency_1t",
     }
     assert "| lce_indirect_bgemm |" in (tmp_path / "deployment_mini.md").read_text()
+
+
+def test_bitat_sweep_runs_variants_against_the_references(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bitat_sweep
+
+    report = bitat_sweep.run("mini", str(tmp_path), budget=1, variants=["aggregated_lam1_sign"])
+    rows = report["rows"]
+    assert set(rows) == {"full_precision", "naive_ste_1x", "reactnet_1x", "aggregated_lam1_sign"}
+    row = rows["aggregated_lam1_sign"]
+    assert row["config"] == {
+        "transform": "aggregated",
+        "activations_first_epochs": 0,
+        "lam": 1.0,
+        "penalty_gradient": "sign",
+    }
+    # One validation accuracy per quantize phase of the 3 binary layers (1x: no fine-tune).
+    assert [t["phase"] for t in row["trace"]] == ["quantize"] * 3
+    assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in row["trace"])
+    assert "| aggregated_lam1_sign |" in (tmp_path / "sweep_mini.md").read_text()
