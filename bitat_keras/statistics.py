@@ -19,7 +19,14 @@ def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, b
     the raw input with zero padding. Rows are subsampled uniformly (seeded) to ``max_rows``,
     so the memory bound is max_rows * d float32 values.
     """
-    inputs = layer_input_model(model, layer).predict(images, batch_size=batch_size, verbose=0)
+    sub = layer_input_model(model, layer)
+    # Plain (eager) calls: a predict() per layer would trace a new tf.function every time.
+    inputs = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(sub(images[i : i + batch_size], training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
     pad_value = 0.0
     if binarized:
         inputs = np.where(inputs >= 0, 1.0, -1.0).astype(np.float32)
