@@ -8,7 +8,8 @@ from bitat_keras.transform import im2col
 
 def layer_input_model(model, layer):
     """A model from ``model``'s inputs to ``layer``'s input, lower layers in their current state."""
-    return keras.Model(model.inputs, layer.input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, layer.input)
 
 
 def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, batch_size=256):
