@@ -135,10 +135,8 @@ class TrainData:
 
     def images(self, n, seed):
         """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
-        if n > self.devices:  # every prediction batch reaches every device
-            n -= n % self.devices
         if self.dataset is None:
-            n = min(n, len(self.x) - len(self.x) % self.devices)
+            n = min(n, len(self.x))
             idx = np.random.default_rng(seed).choice(len(self.x), size=n, replace=False)
             return self.x[np.sort(idx)]
         out, total = [], 0
