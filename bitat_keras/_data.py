@@ -28,6 +28,47 @@ def batch_splits():
     return 1, None
 
 
+class SeededBatches(keras.utils.PyDataset):
+    """Shuffled batches of numpy arrays whose order depends on ``seed`` only.
+
+    Reseeding TensorFlow's global generator before every phase (to make Keras' own shuffle
+    reproducible) clears TensorFlow's kernel caches, which costs more than a second per
+    phase; an order drawn from numpy with the phase's seed needs no global seed. The
+    batches run through the data pass after pass (a new permutation each pass), so an
+    "epoch" of ``steps`` batches may end inside a pass (fractional epochs).
+
+    Args:
+        x, y: the arrays.
+        batch_size: samples per batch (the last batch of a pass may be smaller).
+        seed: seeds the permutation of every pass.
+        steps: batches per Keras epoch (default: one pass).
+    """
+
+    def __init__(self, x, y, batch_size, seed, steps=None):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
+        self.per_pass = math.ceil(len(x) / self.batch_size)
+        self.steps = int(steps) if steps else self.per_pass
+        self.epoch = 0
+        self._orders = {}
+
+    def _order(self, p):
+        if p not in self._orders:
+            self._orders = {p: np.random.default_rng([self.seed, p]).permutation(len(self.x))}
+        return self._orders[p]
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        p, j = divmod(self.epoch * self.steps + index, self.per_pass)
+        rows = np.sort(self._order(p)[j * self.batch_size : (j + 1) * self.batch_size])
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+
 class TrainData:
     """Validated (x, y) data for one model.
 
@@ -42,6 +83,7 @@ class TrainData:
         self.what = what
         self.batch_size = int(batch_size)
         self.dataset = None
+        self._repeated = None
         self.devices, self._split = batch_splits()
         if _is_tf_dataset(data):
             self.dataset = data
@@ -129,9 +171,38 @@ class TrainData:
             )
 
     def fit_kwargs(self):
+        """Arguments for ``fit``: the dataset, or the arrays shuffled by Keras."""
         if self.dataset is not None:
-            return {"x": self.dataset}
+            return {"x": self.dataset, "shuffle": False}
         return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
+
+    def phase_kwargs(self, epochs, seed):
+        """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with
+        a data order drawn from ``seed``, and the number of optimizer steps they make."""
+        steps = max(int(round(epochs * self.steps)), 1)
+        whole = float(epochs).is_integer()
+        if self.dataset is not None:
+            if whole:
+                return {"x": self.dataset, "shuffle": False, "epochs": int(epochs)}, steps
+            if self._repeated is None:  # one object for every phase: no retrace
+                self._repeated = self.dataset.repeat()
+            kwargs = {"x": self._repeated, "steps_per_epoch": steps, "epochs": 1}
+            return {**kwargs, "shuffle": False}, steps
+        # shuffle=False: the order is SeededBatches' own (Keras would shuffle the batches
+        # with Python's global random state, which a resumed run does not share).
+        if whole:
+            batches = SeededBatches(self.x, self.y, self.batch_size, seed)
+            return {"x": batches, "epochs": int(epochs), "shuffle": False}, steps
+        batches = SeededBatches(self.x, self.y, self.batch_size, seed, steps)
+        return {"x": batches, "epochs": 1, "shuffle": False}, steps
+
+    def sample(self, n, seed):
+        """``(x, y)``: up to ``n`` samples (seeded for arrays, the first batch of a dataset)."""
+        if self.dataset is None:
+            idx = np.sort(np.random.default_rng(seed).permutation(len(self.x))[:n])
+            return self.x[idx], np.asarray(self.y)[idx]
+        x, y = next(iter(self.dataset))
+        return np.asarray(x, dtype="float32")[:n], np.asarray(y)[:n]
 
     def images(self, n, seed):
         """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
@@ -147,14 +218,32 @@ class TrainData:
                 break
         return np.concatenate(out)[:n].astype("float32")
 
-    def batches(self, n, seed):
-        """Up to ``n`` batches of inputs, for re-estimating BatchNorm statistics."""
+    def batches(self, n, seed, merge=1):
+        """Up to ``n`` batches of inputs, for re-estimating BatchNorm statistics, yielded
+        ``merge`` batches at a time (fewer, larger forward passes: eager calls cost mostly
+        per-op dispatch)."""
+        merge = max(int(merge), 1)
         if self.dataset is None:
             order = np.random.default_rng(seed).permutation(len(self.x))
-            for i in range(min(n, self.steps)):
-                yield self.x[np.sort(order[i * self.batch_size : (i + 1) * self.batch_size])]
+            count = min(n, self.steps) * self.batch_size
+            for i in range(0, min(count, len(self.x)), merge * self.batch_size):
+                rows = order[i : min(i + merge * self.batch_size, count)]
+                yield self.x[np.sort(rows)]
             return
+        chunk = []
         for i, (x, _) in enumerate(self.dataset):
             if i >= n:
-                return
-            yield np.asarray(x, dtype="float32")
+                break
+            chunk.append(np.asarray(x, dtype="float32"))
+            if len(chunk) == merge:
+                yield np.concatenate(chunk)
+                chunk = []
+        if chunk:
+            yield np.concatenate(chunk)
+
+    def merge_for(self, samples=512):
+        """How many batches make about ``samples`` inputs of a 32x32 image (fewer for
+        larger images, at least one batch)."""
+        pixels = int(np.prod(self.x.shape[1:3] if self.dataset is None else (32, 32)))
+        per_pass = samples * 1024 // max(pixels, 1)
+        return max(1, min(samples, per_pass) // self.batch_size)

@@ -3,34 +3,35 @@
 import time
 
 import keras
-import numpy as np
 
 from bitat_keras import quantizers
 from bitat_keras._data import TrainData
 from bitat_keras.distill import Distiller
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize
-from bitat_keras.progressive import _jit_compile, _linear_decay, recalibrate_batchnorm
+from bitat_keras.training import (
+    accuracy,
+    jit_compile,
+    linear_decay,
+    recalibrate_batchnorm,
+    task_loss,
+)
 
 
 def _optimizer(lr, steps, weight_decay=None):
-    return keras.optimizers.Adam(_linear_decay(lr, steps), weight_decay=weight_decay)
+    return keras.optimizers.Adam(linear_decay(lr, steps), weight_decay=weight_decay)
 
 
 def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
     trainer = Distiller(model, teacher) if teacher is not None else model
     trainer.compile(
         optimizer=_optimizer(lr, epochs * data.steps, weight_decay),
-        loss=None if teacher is not None else _task_loss(),
+        loss=None if teacher is not None else task_loss(),
         metrics=None if teacher is not None else ["accuracy"],
-        jit_compile=_jit_compile(),
+        jit_compile=jit_compile(),
     )
     trainer.fit(**data.fit_kwargs(), epochs=epochs, verbose=verbose, callbacks=callbacks or [])
     recalibrate_batchnorm(model, data.batches(20, seed=0))
-
-
-def _task_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=256,
@@ -87,11 +88,8 @@ def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=1e-3, batch
 
 
 def _compiled(model):
-    model.compile(loss=_task_loss(), metrics=["accuracy"])
+    model.compile(loss=task_loss(), metrics=["accuracy"])
     return model
 
 
-def accuracy(model, x, y, batch_size=512):
-    """Top-1 accuracy of a logits model on numpy data."""
-    logits = model.predict(x, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)))
+__all__ = ["accuracy", "naive_ste", "reactnet_two_step"]

@@ -66,15 +66,16 @@ class Checkpointer:
         state["weights_path"] = self._path(state["weights_file"])
         return state
 
-    def save(self, model, completed, history, block_meta=None, block_arrays=None):
-        """Write the checkpoint for ``completed`` finished layers."""
-        weights = f"layer{completed:03d}.weights.h5"
+    def save(self, model, completed, history, block_meta=None, block_arrays=None, final=False):
+        """Write the checkpoint for ``completed`` finished layers (``final``: and the joint
+        phase after the last layer)."""
+        weights = f"layer{completed:03d}{'final' if final else ''}.weights.h5"
         tmp = f".tmp-{weights}"
         model.save_weights(self._path(tmp))
         os.replace(self._path(tmp), self._path(weights))
         block_file = None
         if block_arrays is not None:
-            block_file = f"block{completed:03d}.npz"
+            block_file = f"block{completed:03d}{'final' if final else ''}.npz"
             tmp_npz = self._path(f".tmp-{block_file}")
             with open(tmp_npz, "wb") as f:
                 np.savez(f, **block_arrays)
@@ -86,6 +87,7 @@ class Checkpointer:
             "block_file": block_file,
             "block_meta": block_meta,
             "history": history,
+            "final_done": bool(final),
         }
         _atomic_write_text(self._path(STATE), json.dumps(state, indent=1, default=float))
         keep = {STATE, weights, block_file}

@@ -2,20 +2,39 @@
 
 import dataclasses
 import json
+import warnings
 
 from bitat_keras import quantizers
+from bitat_keras.block import PENALTY_NORMALIZATIONS
 from bitat_keras.transform import TRANSFORMS
+
+__all__ = ["BiTATConfig", "MIN_PHASE_STEPS", "check_phase_steps"]
 
 DISTILLATION = ("none", "finetune", "all")
 PENALTY_GRADIENTS = ("latent", "sign")
 
+# Fewer optimizer steps than this in a layer's quantization phase and the layer cannot
+# adapt to its binarization (docs/method.md: between the runs that collapsed and those that
+# did not).
+MIN_PHASE_STEPS = 100
+
 
 @dataclasses.dataclass
 class BiTATConfig:
-    """Hyperparameters of BiTAT (paper Sec. 7.1 defaults for CIFAR-100).
+    """Hyperparameters of BiTAT.
+
+    The defaults are the best configuration of the project's validation sweep
+    (``benchmarks/sweep.py``, docs/method.md); ``BiTATConfig.paper()`` gives the paper's
+    section 7.1 values.
 
     Args:
-        lam: weight lambda of the dependency penalty (Eq. 13). Paper: 100.
+        lam: weight lambda of the dependency penalty (Eq. 13). With
+            ``penalty_normalization="output"`` the penalty is a relative output error
+            (about 0.3-0.6 for a freshly binarized layer), so lam is comparable to the
+            task loss; the paper's 100 applies to its plain sum.
+        penalty_normalization: "output" (divide the penalty by the block's output energy
+            ||diag(s) V^T P W||^2 at the start of each quantization phase: scale-free
+            across layers and models) or "none" (the paper's plain sum).
         gamma: weight of the l1 term on Q(W) (Eq. 13). Paper: 1e-5.
         groups: k, the maximum number of input-dimension groups (Alg. 1). Paper: 256.
         learning_rate: Adam learning rate of the quantization phase, decayed linearly to 0.
@@ -50,33 +69,66 @@ class BiTATConfig:
             the gradient flows through sgn's straight-through estimator, pushing the binary
             weights towards the latent, initially pre-trained, weights' outputs in the
             important directions).
+        final_epochs: epochs of a joint phase after the last layer (0: the paper, which
+            ends with the last layer's quantization): every weight trains again, the binary
+            layers' latent weights included, with the fine-tune loss and learning rate.
         seed: seeds data order, k-means and initialisations; a run is reproducible.
 
     Example:
         >>> config = BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=128)
     """
 
-    lam: float = 100.0
+    lam: float = 0.3
     gamma: float = 1e-5
-    groups: int = 256
-    learning_rate: float = 3e-4
-    finetune_learning_rate: float = 3e-4
-    epochs_per_layer: int = 40
-    finetune_epochs: int = 40
-    batch_size: int = 800
+    groups: int = 64
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-3
+    epochs_per_layer: float = 2
+    finetune_epochs: float = 0.5
+    batch_size: int = 128
     transform: str = "aggregated"
     blocks: object = "auto"
     reg_weight: float = 1.0
     input_quantizer: str = "approx_sign"
     kernel_quantizer: str = "ste_sign"
-    stats_images: int = 512
+    stats_images: int = 256
     stats_rows: int = 4096
     kmeans_max_iter: int = 100
     bn_recalibration_batches: int = 20
-    distillation: str = "none"
-    activations_first_epochs: int = 0
-    penalty_gradient: str = "latent"
+    distillation: str = "all"
+    activations_first_epochs: float = 0
+    penalty_gradient: str = "sign"
+    penalty_normalization: str = "output"
+    final_epochs: float = 4
     seed: int = 0
+
+    @classmethod
+    def paper(cls, **overrides):
+        """The paper's section 7.1 settings (CIFAR-100): lam = 100 on the plain sum,
+        gamma = 1e-5, k = 256, Adam lr 3e-4 with linear decay, batch 800, 40 + 40 epochs
+        per layer, task loss only, no joint phase.
+
+        Example:
+            >>> config = BiTATConfig.paper(epochs_per_layer=5, finetune_epochs=5)
+        """
+        values = dict(
+            lam=100.0,
+            penalty_normalization="none",
+            penalty_gradient="latent",
+            gamma=1e-5,
+            groups=256,
+            learning_rate=3e-4,
+            finetune_learning_rate=3e-4,
+            epochs_per_layer=40,
+            finetune_epochs=40,
+            batch_size=800,
+            transform="aggregated",
+            distillation="none",
+            activations_first_epochs=0,
+            final_epochs=0,
+        )
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
@@ -84,6 +136,11 @@ class BiTATConfig:
         if self.distillation not in DISTILLATION:
             raise ValueError(
                 f"Unknown distillation {self.distillation!r}. Expected one of {DISTILLATION}."
+            )
+        if self.penalty_normalization not in PENALTY_NORMALIZATIONS:
+            raise ValueError(
+                f"Unknown penalty_normalization {self.penalty_normalization!r}. "
+                f"Expected one of {PENALTY_NORMALIZATIONS}."
             )
         if self.penalty_gradient not in PENALTY_GRADIENTS:
             raise ValueError(
@@ -95,12 +152,17 @@ class BiTATConfig:
         for name in (
             "epochs_per_layer",
             "finetune_epochs",
-            "bn_recalibration_batches",
             "activations_first_epochs",
-        ):
+            "final_epochs",
+        ):  # fractional epochs end inside a pass over the data
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be an integer >= 0. Received: {value!r}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"`{name}` must be a number >= 0. Received: {value!r}")
+        value = self.bn_recalibration_batches
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"`bn_recalibration_batches` must be an integer >= 0. Received: {value!r}"
+            )
         for name in ("batch_size", "stats_images", "stats_rows", "kmeans_max_iter"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -111,10 +173,8 @@ class BiTATConfig:
         for name in ("learning_rate", "finetune_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {getattr(self, name)!r}")
-        if self.epochs_per_layer < 1:
-            raise ValueError(
-                f"`epochs_per_layer` must be >= 1. Received: {self.epochs_per_layer!r}"
-            )
+        if not self.epochs_per_layer > 0:
+            raise ValueError(f"`epochs_per_layer` must be > 0. Received: {self.epochs_per_layer!r}")
         quantizers.get(self.input_quantizer)
         quantizers.get(self.kernel_quantizer)
         blocks = self.blocks
@@ -138,3 +198,30 @@ class BiTATConfig:
     def fingerprint(self):
         """A stable string identifying this configuration (used to match checkpoints)."""
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+
+def check_phase_steps(config, steps_per_epoch, warn=True):
+    """Say when a layer's quantization phase gets too few optimizer steps to adapt.
+
+    Args:
+        config: the ``BiTATConfig``.
+        steps_per_epoch: optimizer steps in one epoch of the training data.
+        warn: issue a ``UserWarning`` (else only return the message).
+
+    Returns:
+        The message, or None when every phase has at least ``MIN_PHASE_STEPS`` steps.
+    """
+    steps = int(round(config.epochs_per_layer * steps_per_epoch))
+    if steps >= MIN_PHASE_STEPS:
+        return None
+    epochs = -(-MIN_PHASE_STEPS // max(steps_per_epoch, 1))
+    message = (
+        f"Each layer's quantization phase gets {steps} optimizer steps "
+        f"({config.epochs_per_layer} epoch(s) x {steps_per_epoch} steps of batch "
+        f"{config.batch_size}); below {MIN_PHASE_STEPS} a layer cannot adapt to its "
+        f"binarization and accuracy collapses. Use epochs_per_layer >= {epochs} or a "
+        "smaller batch_size (more steps per epoch)."
+    )
+    if warn:
+        warnings.warn(message, UserWarning, stacklevel=4)  # the caller of progressive_fit
+    return message

@@ -13,12 +13,8 @@ import numpy as np
 
 from bitat_keras import analysis, datasets, models
 from bitat_keras.config import BiTATConfig
-from bitat_keras.progressive import (
-    _jit_compile,
-    _linear_decay,
-    progressive_fit,
-    recalibrate_batchnorm,
-)
+from bitat_keras.progressive import progressive_fit
+from bitat_keras.training import train_full_precision
 
 DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
 
@@ -26,21 +22,47 @@ DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
 def build_parser(prog="bitat-keras demo"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
-    p.add_argument("--train-size", type=int, default=6000, help="training images (subset)")
+    p.add_argument("--train-size", type=int, default=12000, help="training images (subset)")
     p.add_argument("--test-size", type=int, default=2000, help="test images (subset)")
-    p.add_argument("--width", type=float, default=0.5, help="width multiplier of the network")
-    p.add_argument("--fp-epochs", type=int, default=8, help="epochs of full-precision training")
-    p.add_argument("--epochs-per-layer", type=int, default=1, help="BiTAT quantization epochs")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="BiTAT fine-tune epochs")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="BiTAT learning rate")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the network")
+    p.add_argument("--fp-epochs", type=int, default=15, help="epochs of full-precision training")
+    defaults = BiTATConfig()
+    p.add_argument(
+        "--epochs-per-layer",
+        type=float,
+        default=defaults.epochs_per_layer,
+        help="BiTAT quantization epochs per layer",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=float,
+        default=defaults.finetune_epochs,
+        help="BiTAT fine-tune epochs after each layer",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=float,
+        default=defaults.final_epochs,
+        help="BiTAT joint phase after the last layer (0: none, as in the paper)",
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument(
+        "--learning-rate", type=float, default=defaults.learning_rate, help="BiTAT learning rate"
+    )
     p.add_argument(
         "--transform",
         default="aggregated",
         choices=["aggregated", "cross", "intra", "filter", "none"],
     )
-    p.add_argument("--groups", type=int, default=64, help="k of the k-means aggregation")
-    p.add_argument("--lam", type=float, default=100.0, help="weight of the dependency penalty")
+    p.add_argument(
+        "--groups", type=int, default=defaults.groups, help="k of the k-means aggregation"
+    )
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=defaults.lam,
+        help="weight of the dependency penalty (normalised: a relative output error)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="bitat_demo", help="where models and results go")
     p.add_argument("--checkpoint-dir", default=None, help="resume BiTAT from here if killed")
@@ -87,24 +109,6 @@ def _accuracy(model, data, batch_size):
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def train_full_precision(model, train, epochs, batch_size, verbose):
-    """Adam with linear decay, then BatchNorm statistics re-estimated (DESIGN.md's trap)."""
-    x, y = train
-    steps = epochs * int(np.ceil(len(x) / batch_size))
-    model.compile(
-        keras.optimizers.Adam(_linear_decay(1e-3, steps)),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=_jit_compile(),
-    )
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
-    order = np.random.default_rng(0).permutation(len(x))[: 20 * batch_size]
-    recalibrate_batchnorm(
-        model, (x[order[i : i + batch_size]] for i in range(0, len(order), batch_size))
-    )
-    return model
-
-
 def run(args):
     t_start = time.perf_counter()
     os.makedirs(args.output_dir, exist_ok=True)
@@ -137,6 +141,7 @@ def run(args):
     config = BiTATConfig(
         epochs_per_layer=args.epochs_per_layer,
         finetune_epochs=args.finetune_epochs,
+        final_epochs=args.final_epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         finetune_learning_rate=args.learning_rate,

@@ -24,7 +24,7 @@ import numpy as np
 
 from bitat_keras.progressive import BiTATResult
 
-_PHASE_MARKERS = {"quantize": "o", "finetune": "s", "activations": "^"}
+_PHASE_MARKERS = {"quantize": "o", "finetune": "s", "activations": "^", "final": "D"}
 _DPI = 150
 
 
@@ -464,16 +464,17 @@ def layer_history(result, *, axes=None, path=None):
         ax.grid(alpha=0.3)
         values = np.concatenate([np.asarray(series[key]) for key in keys])
         if log and np.any(~np.isnan(values)) and np.nanmin(values) > 0:
-            # The quantize phases' loss includes the Eq. 13 terms (lam = 100): both the
-            # loss and the penalty span decades from phase to phase.
+            # The quantize phases' loss includes the Eq. 13 terms: the loss and the
+            # penalty can span decades from phase to phase.
             ax.set_yscale("log")
     # Dotted lines where a layer's quantize phase starts; tick labels name the layer.
-    starts = [i for i, p in enumerate(phases) if p in ("quantize", "activations")]
+    starts = [i for i, p in enumerate(phases) if p in ("quantize", "activations", "final")]
     for ax in axes:
         for i in starts:
             ax.axvline(i, color="grey", linestyle=":", linewidth=0.7)
+    whole = {"activations": "all (act.)", "final": "all (final)"}
     labels = [
-        _short(str(history[i]["layer"]) if phases[i] == "quantize" else "all (act.)", 22)
+        _short(str(history[i]["layer"]) if phases[i] == "quantize" else whole[phases[i]], 22)
         for i in starts
     ]
     axes[-1].set_xticks(starts, labels, rotation=60, ha="right", fontsize=8)

@@ -9,15 +9,23 @@ import keras
 import numpy as np
 from keras import ops
 
-from bitat_keras import quantizers, transform
+from bitat_keras import phases, training, transform
 from bitat_keras._data import TrainData
+from bitat_keras.block import BlockTransform
 from bitat_keras.checkpoint import Checkpointer
-from bitat_keras.config import BiTATConfig
-from bitat_keras.distill import Distiller, per_replica
+from bitat_keras.config import BiTATConfig, check_phase_steps
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize, eligible_layers
-from bitat_keras.regularizers import BinaryL1, DependencyPenalty, TransformRegularizer
 from bitat_keras.statistics import patch_rows
+from bitat_keras.training import recalibrate_batchnorm
+
+__all__ = [
+    "BiTATResult",
+    "BlockTransform",
+    "NonFiniteLossError",
+    "progressive_fit",
+    "recalibrate_batchnorm",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,6 +50,8 @@ class BiTATResult:
         v_parameters: ``{"full": ..., "used": ..., "ratio": ...}``: entries of V as used
             against the full (un-aggregated, cross-layer) V over all blocks.
         seconds: wall time of the whole run (this process only, when resumed).
+        traces: how many times the training step was traced (compiled): one for the whole
+            run, plus one for a last partial batch of another size.
     """
 
     model: keras.Model
@@ -50,106 +60,7 @@ class BiTATResult:
     transforms: list
     v_parameters: dict
     seconds: float
-
-
-@keras.saving.register_keras_serializable(package="bitat_keras")
-class BlockTransform(keras.layers.Layer):
-    """Owns the trainable importance ``s`` and dependency ``V`` of one block (Eq. 11-13).
-
-    Args:
-        s: initial importance vector (K,).
-        v: initial dependency matrix (K, K).
-        sigma: Reg's target for sum(log s): the sum at initialisation.
-        members: list of ``(layer_name, group_ids or None, k)`` in block order.
-        lam, gamma, reg_weight: weights of the penalty, the l1 term and Reg.
-        use_transform: False for the "none" ablation (only the l1 term remains).
-        penalty_gradient: "latent" or "sign": which side of W - Q(W) the penalty's
-            gradient flows through (see ``residuals``).
-        kernel_quantizer: the sign quantizer whose straight-through gradient "sign" uses.
-    """
-
-    def __init__(
-        self,
-        s,
-        v,
-        sigma,
-        members,
-        lam,
-        gamma,
-        reg_weight,
-        use_transform=True,
-        penalty_gradient="latent",
-        kernel_quantizer="ste_sign",
-    ):
-        super().__init__(name="block_transform")
-        self.penalty_gradient = penalty_gradient
-        self.kernel_quantizer = quantizers.get(kernel_quantizer)
-        self.members = [(name, ids, k) for name, ids, k in members]
-        self.sigma = float(sigma)
-        self.use_transform = use_transform
-        self.penalty_term = DependencyPenalty(lam)
-        self.reg_term = TransformRegularizer(reg_weight)
-        self.l1_term = BinaryL1(gamma)
-        self.s = self.v = None
-        if use_transform:
-            self.s = self.add_weight(
-                shape=np.shape(s), initializer=keras.initializers.Constant(s), name="s"
-            )
-            self.v = self.add_weight(
-                shape=np.shape(v), initializer=keras.initializers.Constant(v), name="v"
-            )
-        self._ids = [None if ids is None else ops.convert_to_tensor(ids) for _, ids, _ in members]
-
-    def residuals(self, kernels):
-        """P_j (W_j - Q(W_j)) for each member, Q(W) = alpha[o] * sgn(W).
-
-        ``penalty_gradient="latent"``: Q(W) is a fixed target and the gradient moves the
-        latent W towards it. ``"sign"``: W is the fixed target and the gradient flows
-        through sgn's straight-through estimator, so the binary weights move towards the
-        outputs of the latent (initially pre-trained) ones in the important directions.
-        """
-        out = []
-        for kernel, ids, (_, _, k) in zip(kernels, self._ids, self.members, strict=True):
-            c = kernel.shape[-1]
-            alpha = ops.stop_gradient(ops.mean(ops.abs(kernel), axis=(0, 1, 2)))
-            if self.penalty_gradient == "sign":
-                residual = ops.stop_gradient(kernel) - self.kernel_quantizer(kernel) * alpha
-            else:
-                residual = kernel - ops.stop_gradient(ops.where(kernel >= 0, 1.0, -1.0) * alpha)
-            out.append(transform.reduce_residual(ops.reshape(residual, (-1, c)), ids, k))
-        return out
-
-    def terms(self, kernels):
-        """(penalty, reg, l1) of Eq. 13 for the members' current kernels."""
-        l1 = sum(self.l1_term(k) for k in kernels)
-        if not self.use_transform:
-            zero = ops.zeros(())
-            return zero, zero, l1
-        penalty = self.penalty_term(self.s, self.v, self.residuals(kernels))
-        reg = self.reg_term(self.s, self.v, self.sigma)
-        return penalty, reg, l1
-
-
-class _Phase(Distiller):
-    """The network trained on the task loss (or the teacher's distribution) plus, in a
-    quantization phase, Eq. 13's extra terms."""
-
-    def __init__(self, net, block_transform=None, teacher=None):
-        super().__init__(net, teacher, name="bitat_phase")
-        self.block_transform = block_transform
-        self.member_layers = []
-        if block_transform is not None:
-            self.member_layers = [net.get_layer(name) for name, _, _ in block_transform.members]
-
-    def extra_loss(self):
-        penalty, reg, l1 = self.block_transform.terms([m.kernel for m in self.member_layers])
-        return penalty + reg + l1
-
-    def compute_loss(self, *args, **kwargs):
-        loss = super().compute_loss(*args, **kwargs)
-        if self.block_transform is not None:
-            loss = loss + per_replica(self.extra_loss())
-        return loss
+    traces: int = 0
 
 
 class _PhaseMonitor(keras.callbacks.Callback):
@@ -184,19 +95,6 @@ class _PhaseMonitor(keras.callbacks.Callback):
         return max(self.batch_seconds[0] - float(np.median(self.batch_seconds[1:])), 0.0)
 
 
-def _jit_compile():
-    """XLA under TensorFlow costs more to compile per phase than it saves on CPU-sized
-    phases; JAX always compiles; torch.compile recompiles for every phase and layer type
-    (minutes on a tiny model), so torch runs eagerly."""
-    return keras.backend.backend() == "jax"
-
-
-def _linear_decay(lr, steps):
-    return keras.optimizers.schedules.PolynomialDecay(
-        lr, decay_steps=max(int(steps), 1), end_learning_rate=0.0, power=1.0
-    )
-
-
 def _make_blocks(net, names, spec):
     if spec == "auto":
         blocks = []
@@ -217,35 +115,6 @@ def _make_blocks(net, names, spec):
     return blocks
 
 
-def _set_trainable(net, boundary):
-    """Freeze every layer up to index ``boundary`` of ``net.layers``; train the rest."""
-    for i, layer in enumerate(net.layers):
-        layer.trainable = i > boundary
-
-
-def recalibrate_batchnorm(net, batches):
-    """Re-estimate the moving statistics of trainable BatchNorm layers (cumulative average
-    over ``batches``, forward passes in training mode, no gradient)."""
-    bns = [
-        layer
-        for layer in net.layers
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not bns:
-        return 0
-    momenta = [bn.momentum for bn in bns]
-    count = 0
-    try:
-        for count, x in enumerate(batches, start=1):
-            for bn in bns:
-                bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
-            net(x, training=True)
-    finally:
-        for bn, m in zip(bns, momenta, strict=True):
-            bn.momentum = m
-    return count
-
-
 def _check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
@@ -258,126 +127,196 @@ def _check_model(model):
 
 def _resolve_loss(model):
     loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
-    return loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return loss or training.task_loss()
 
 
 class _Run:
     """State of one progressive_fit call (kept in one place so resume can rebuild it)."""
 
-    def __init__(self, model, train_data, config, validation_data, callbacks, ckpt, verbose):
+    def __init__(self, model, train_data, config, validation_data, callbacks, verbose):
         self.config = config
         self.callbacks = list(callbacks or [])
         self.verbose = verbose
         self.loss = _resolve_loss(model)
-        self.net = binarize(model, input_quantizer=None, kernel_quantizer=None)
-        self.teacher = None
-        if config.distillation != "none":  # a frozen copy of the pre-trained model
-            self.teacher = keras.models.clone_model(model)
-            self.teacher.set_weights(model.get_weights())
-        self.names = eligible_layers(self.net)
+        plain = binarize(
+            model, input_quantizer=config.input_quantizer, kernel_quantizer=config.kernel_quantizer
+        )
+        self.names = eligible_layers(plain)
         if not self.names:
             raise ValueError(
                 f"Model {model.name!r} has no layer progressive_fit can binarize: it needs "
                 "regular Conv2D layers besides the first conv and the classifier."
             )
-        self.blocks = _make_blocks(self.net, self.names, config.blocks)
-        self.block_of = {n: b for b in self.blocks for n in b}
+        self.net = phases.gated_model(plain, self.names)
         self.position = {layer.name: i for i, layer in enumerate(self.net.layers)}
+        bn = keras.layers.BatchNormalization
+        self.bns = [layer for layer in self.net.layers if isinstance(layer, bn)]
         self.data = TrainData(train_data, self.net, config.batch_size)
         self.val = None
         if validation_data is not None:
             self.val = TrainData(validation_data, self.net, config.batch_size, "validation_data")
-        self.ckpt = ckpt
+        check_phase_steps(config, self.data.steps, warn=True)
+        self.block_names = _make_blocks(self.net, self.names, config.blocks)
+        if config.transform == "intra":  # one transform per layer
+            self.block_names = [[n] for n in self.names]
+        self.block_index = {n: i for i, b in enumerate(self.block_names) for n in b}
+        teacher = None
+        if config.distillation != "none":  # a frozen copy of the pre-trained model
+            teacher = keras.models.clone_model(model)
+            teacher.set_weights(model.get_weights())
+        self.trainer = phases.PhaseTrainer(
+            self.net,
+            self.names,
+            [self._block_transform(i, b) for i, b in enumerate(self.block_names)],
+            self.block_names,
+            teacher,
+        )
+        self.optimizer = phases.PhaseAdam()
+        self.trainer.compile(
+            optimizer=self.optimizer,
+            loss=self.loss,
+            metrics=["accuracy"],
+            jit_compile=training.jit_compile(),
+        )
+        self.optimizer.build(self.trainer.trainable_variables)
+        self.ckpt = None
+        self.bn_stale = True
         self.history = []
-        self.transforms = []
-        self.block = None  # {"layers", "s", "v", "ids", "ks", "dims"} of the open block
+        self.transforms = []  # closed blocks: {"layers", "s", "v", "ids", "ks", "dims"}
+        self.grouping = {}  # layer name -> (group ids or None, k) once it has joined
 
     # -- helpers -------------------------------------------------------------------------
     def log(self, message):
         if self.verbose:
             print(f"[BiTAT] {message}", flush=True)
 
-    def quantize(self, name):
-        layer = self.net.get_layer(name)
-        layer.input_quantizer = quantizers.get(self.config.input_quantizer)
-        layer.kernel_quantizer = quantizers.get(self.config.kernel_quantizer)
+    def phase_seed(self, index, part):
+        """The data-order seed of a phase: ``part`` 0 quantize, 1 fine-tune (or, after the
+        last layer, the activation phase), 2 the final phase."""
+        return self.config.seed * 7919 + 2 * index + part
 
-    def fit(self, model, lr, epochs, label, record):
+    def _block_transform(self, index, names):
+        """A block's s and V with one slot per member, sized before any training."""
+        cfg = self.config
+        members = []
+        for name in names:
+            d = int(np.prod(self.net.get_layer(name).kernel.shape[:3]))
+            reduce = cfg.transform in ("aggregated", "filter") and d > cfg.groups
+            k = cfg.groups if reduce else d
+            members.append((name, np.zeros(d, "int32") if reduce else None, k))
+        size = sum(k for _, _, k in members)
+        return BlockTransform(
+            np.zeros(size),
+            np.zeros((size, size)),
+            0.0,
+            members,
+            cfg.lam,
+            cfg.gamma,
+            cfg.reg_weight,
+            use_transform=cfg.transform != "none",
+            penalty_gradient=cfg.penalty_gradient,
+            kernel_quantizer=cfg.kernel_quantizer,
+            active=0,
+            name=f"block_transform_{index}",
+        )
+
+    def trainable_above(self, boundary, block=None):
+        """ids of the weights that train: every layer above ``net.layers[boundary]``, and
+        the s and V of ``block``."""
+        ids = phases.weights_above(self.net, self.position, boundary)
+        if block is not None and self.trainer.blocks[block].s is not None:
+            ids.update({id(self.trainer.blocks[block].s), id(self.trainer.blocks[block].v)})
+        return ids
+
+    def fit(self, label, lr, epochs, trainable, record, seed):
         guard = _PhaseMonitor()
-        model.compile(
-            optimizer=keras.optimizers.Adam(_linear_decay(lr, epochs * self.data.steps)),
-            loss=self.loss,
-            metrics=["accuracy"],
-            jit_compile=_jit_compile(),
-        )
+        kwargs, steps = self.data.phase_kwargs(epochs, seed)
+        self.optimizer.start_phase(lr, steps)
+        self.optimizer.set_masks(trainable)
         start = time.perf_counter()
-        hist = model.fit(
-            **self.data.fit_kwargs(),
-            epochs=epochs,
-            callbacks=[guard, *self.callbacks],
-            verbose=self.verbose,
-        )
+        hist = self.trainer.fit(**kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose)
         record["seconds"][label] = time.perf_counter() - start
         record["compile_seconds"] = guard.compile_seconds()  # included in the fit time
+        record["epochs"] = epochs
+        record["steps"] = steps
         record["loss"] = [float(v) for v in hist.history.get("loss", [])]
         record["accuracy"] = [float(v) for v in hist.history.get("accuracy", [])]
         return guard
 
-    def evaluate(self, record):
+    def evaluate(self, record, index):
         if self.val is None:
             return
+        self.recalibrate(record, index)
         start = time.perf_counter()
-        self.net.compile(loss=self.loss, metrics=["accuracy"])
-        loss, acc = self.net.evaluate(**_eval_kwargs(self.val), verbose=0)
+        distill = phases.numpy_float(self.trainer.distill_gate)
+        self.trainer.set_distill(False)
+        loss, acc = self.trainer.evaluate(**_eval_kwargs(self.val), verbose=0)[:2]
+        self.trainer.distill_gate.assign(distill)
         record["val_loss"], record["val_accuracy"] = float(loss), float(acc)
         record["seconds"]["evaluate"] = time.perf_counter() - start
 
-    def finish_phase(self, record, guard, index, phase, snapshot):
+    def run_phase(self, record, index, label, lr, epochs, trainable, where, seed, before=None):
+        """Fit one phase (data order from ``seed``); on a non-finite loss put everything
+        back as it was before the phase (``before``: the trainer's weights, gates included,
+        taken before the caller switched any gate) and raise; then evaluate."""
+        snapshot = self.trainer.get_weights() if before is None else before
+        guard = self.fit(label, lr, epochs, trainable, record, seed)
         if guard.bad is not None:
             batch, value = guard.bad
-            self.net.set_weights(snapshot)
-            if phase == "activations":
-                where = f"all {len(self.names)} layers"
-                for name in self.names:
-                    self.net.get_layer(name).input_quantizer = None
-            else:
-                name = self.names[index]
-                where = f"layer {index + 1}/{len(self.names)} {name!r}"
-            if phase == "quantize":  # back to the state before this phase: layer still real
-                layer = self.net.get_layer(name)
-                layer.input_quantizer = layer.kernel_quantizer = None
-                if self.config.activations_first_epochs:
-                    layer.input_quantizer = quantizers.get(self.config.input_quantizer)
+            self.trainer.set_weights(snapshot)
             raise NonFiniteLossError(
-                f"Non-finite loss ({value}) at {where}, "
-                f"phase {phase!r}, batch {batch}. The model is restored to its state "
-                "before this phase; the checkpoint (if any) keeps the last completed layer. "
-                "Lower the learning rate or lam.",
-                model=self.net,
+                f"Non-finite loss ({value}) at {where}, phase {label!r}, batch {batch}. The "
+                "model is restored to its state before this phase; the checkpoint (if any) "
+                "keeps the last completed layer. Lower the learning rate or lam.",
+                model=self.model(),
                 history=self.history,
             )
-        start = time.perf_counter()
-        seed = self.config.seed + (index if index is not None else len(self.names))
-        batches = self.data.batches(self.config.bn_recalibration_batches, seed)
-        record["bn_batches"] = recalibrate_batchnorm(self.net, batches)
-        record["seconds"]["batchnorm"] = time.perf_counter() - start
-        self.evaluate(record)
+        self.bn_stale = True
+        self.evaluate(record, index)
         self.history.append(record)
 
-    def task_phase(self, record, index, seed, lr, epochs):
-        """Train the trainable layers on the task loss (or the teacher's distribution, unless
-        distillation is "none") for ``epochs``; used by the fine-tune and activation phases."""
-        keras.utils.set_random_seed(seed)
-        snapshot = self.net.get_weights()
-        teacher = self.teacher if self.config.distillation != "none" else None
-        guard = self.fit(_Phase(self.net, None, teacher), lr, epochs, record["phase"], record)
-        record["epochs"] = epochs
-        self.finish_phase(record, guard, index, record["phase"], snapshot)
+    def recalibrate(self, record, index):
+        """Re-estimate every BatchNorm's moving statistics, when training changed them
+        since the last time: they matter only in inference mode (statistics, evaluation,
+        the returned model), and the estimate does not depend on their old values."""
+        if not self.bn_stale:
+            return
+        start = time.perf_counter()
+        seed = self.config.seed + (index if index is not None else len(self.names))
+        batches = self.data.batches(
+            self.config.bn_recalibration_batches, seed, self.data.merge_for()
+        )
+        record["bn_batches"] = training.recalibrate_batchnorm(self.net, batches, self.bns)
+        record["seconds"]["batchnorm"] = time.perf_counter() - start
+        self.bn_stale = False
+
+    def task_phase(self, record, index, seed, lr, epochs, boundary, where):
+        """Train the layers above ``boundary`` on the task loss (or the teacher's
+        distribution, unless distillation is "none"): the fine-tune, activation and final
+        phases."""
+        self.trainer.set_block(None)
+        self.trainer.set_distill(self.config.distillation != "none")
+        trainable = self.trainable_above(boundary)
+        self.run_phase(record, index, record["phase"], lr, epochs, trainable, where, seed)
+
+    def model(self):
+        """A plain binary model (``BinaryConv2D`` layers) in the network's current state."""
+        cfg = self.config
+        state = dict(zip(self.names, self.trainer.binary_state(), strict=True))
+
+        def quantizers_of(name):
+            inputs, kernel = state[name]
+            return {
+                "input_quantizer": cfg.input_quantizer if inputs else None,
+                "kernel_quantizer": cfg.kernel_quantizer if kernel else None,
+            }
+
+        return phases.clean_model(self.net, self.names, quantizers_of)
 
     # -- optional first phase: every layer's input activations binarized at once ----------
     def binarize_activations(self):
-        for name in self.names:
-            self.net.get_layer(name).input_quantizer = quantizers.get(self.config.input_quantizer)
+        for i in range(len(self.names)):
+            self.trainer.set_binary(i, inputs=True)
 
     def activation_phase(self):
         """All eligible layers get binary inputs (real weights) and the whole network is
@@ -389,31 +328,39 @@ class _Run:
             f"all {len(self.names)} layers: binarize activations, "
             f"{cfg.activations_first_epochs} epochs"
         )
-        _set_trainable(self.net, -1)
+        before = self.trainer.get_weights()
         self.binarize_activations()
-        seed = cfg.seed * 7919 + 2 * len(self.names) + 1  # a seed no layer step uses
-        self.task_phase(record, None, seed, cfg.learning_rate, cfg.activations_first_epochs)
+        self.trainer.set_block(None)
+        self.trainer.set_distill(cfg.distillation != "none")
+        self.run_phase(
+            record,
+            None,
+            "activations",
+            cfg.learning_rate,
+            cfg.activations_first_epochs,
+            self.trainable_above(-1),
+            f"all {len(self.names)} layers",
+            self.phase_seed(len(self.names), 1),
+            before,
+        )
+        self.recalibrate(record, None)
         if self.ckpt is not None:
             self.ckpt.save(self.net, 0, self.history, *self.block_state())
 
     # -- Algorithm 1, lines 7-10 -----------------------------------------------------------
     def init_transform(self, index, name, record):
-        layer = self.net.get_layer(name)
-        if self.block is None:
-            self.block = {"layers": [], "s": None, "v": None, "ids": [], "ks": [], "dims": []}
-        d = int(np.prod(layer.kernel.shape[:3]))
-        ids, k = self._grouping(index, layer, d, record)
-        self.block["layers"].append(name)
-        self.block["ids"].append(None if k == d else ids)
-        self.block["ks"].append(k)
-        self.block["dims"].append(d)
-        record["groups"], record["input_dims"] = k, d
-
-    def _grouping(self, index, layer, d, record):
         """Statistics, P and the PCA-initialised expansion of s and V for one layer."""
         cfg = self.config
+        layer = self.net.get_layer(name)
+        block = self.trainer.blocks[self.block_index[name]]
+        j = block.names.index(name)
+        d = int(np.prod(layer.kernel.shape[:3]))
+        record["input_dims"] = d
         if cfg.transform == "none":
-            return None, d
+            block.join(j, None, None)
+            self.grouping[name] = (None, d)
+            record["groups"] = d
+            return
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
@@ -427,7 +374,7 @@ class _Run:
         record["seconds"]["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         method = {"aggregated": "kmeans", "filter": "filter"}.get(cfg.transform)
-        if method is None:  # "cross" and "intra": P = I
+        if method is None or block.ids[j] is None:  # "cross", "intra", small layers: P = I
             ids, k = np.arange(d), d
         else:
             ids, k = transform.group_ids(
@@ -443,29 +390,41 @@ class _Run:
         reduced = rows if k == d else rows @ transform.reduction_matrix(ids, k).T
         s_new, v_new = transform.pca_init(transform.second_moment(reduced))
         record["seconds"]["pca"] = time.perf_counter() - t
-        s, v = transform.expand_block(self.block["s"], self.block["v"], s_new, v_new)
-        self.block.update(s=s, v=v)
-        return ids, k
+        block.join(j, s_new, v_new, None if k == d else ids)
+        self.grouping[name] = (None if k == d else ids, k)
+        record["groups"] = k
 
-    def block_transform(self):
-        cfg, b = self.config, self.block
-        use = cfg.transform != "none"
-        s = b["s"] if use else np.zeros((0,))
-        v = b["v"] if use else np.zeros((0, 0))
-        sigma = float(np.sum(np.log(np.maximum(np.abs(s), 1e-12)))) if use else 0.0
-        members = list(zip(b["layers"], b["ids"], b["ks"], strict=True))
-        return BlockTransform(
-            s,
-            v,
-            sigma,
-            members,
-            cfg.lam,
-            cfg.gamma,
-            cfg.reg_weight,
-            use,
-            cfg.penalty_gradient,
-            cfg.kernel_quantizer,
-        )
+    def gradient_ratio(self, index, b):
+        """||d (lam * penalty) / d W|| / ||d loss / d W|| for the kernel W of the layer being
+        quantized, on one batch at the start of its phase (0 without a penalty; None on
+        several devices)."""
+        block = self.trainer.blocks[b]
+        if block.s is None or self.config.lam == 0:
+            return 0.0
+        if self.data.devices > 1:  # an eager tape cannot read tf.distribute variables
+            return None
+        kernel = self.net.get_layer(self.names[index]).kernel
+        x, y = self.data.sample(self.config.batch_size, self.config.seed + index)
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+
+        def task():
+            return self.trainer.compute_loss(x, y, self.trainer(x), training=False)
+
+        def penalty():
+            return self.trainer.block_terms(b)[0]
+
+        task_norm = np.linalg.norm(training.gradient(task, kernel))
+        penalty_norm = np.linalg.norm(training.gradient(penalty, kernel))
+        return float(penalty_norm / max(task_norm, 1e-30))
+
+    def normalize_penalty(self, block_index):
+        """inv_energy = 1 / ||diag(s) V^T P W||^2 at the phase's start ("output"), or 1."""
+        block = self.trainer.blocks[block_index]
+        if self.config.penalty_normalization != "output" or block.s is None:
+            return
+        kernels = [m.kernel for m in self.trainer.member_layers[block_index]]
+        energy = phases.numpy_float(block.output_energy(kernels))
+        block.inv_energy.assign(1.0 / max(energy, 1e-12))
 
     # -- one layer: quantize (Alg. 1 lines 7-12), then fine-tune the layers above -----------
     def step(self, index):
@@ -473,91 +432,132 @@ class _Run:
         total = len(self.names)
         record = {"layer": name, "index": index, "phase": "quantize", "seconds": {}}
         self.log(f"layer {index + 1}/{total} {name!r}: quantize, {cfg.epochs_per_layer} epochs")
-        keras.utils.set_random_seed(cfg.seed * 7919 + 2 * index)
-        previous = self.position[self.names[index - 1]] if index else -1
-        _set_trainable(self.net, previous)
-        self.quantize(name)
+        before = self.trainer.get_weights()
+        self.trainer.set_binary(index, inputs=True, kernel=True)
         self.init_transform(index, name, record)
-        block_transform = self.block_transform()
-        teacher = self.teacher if cfg.distillation == "all" else None
-        phase = _Phase(self.net, block_transform, teacher)
-        snapshot = self.net.get_weights()
-        guard = self.fit(phase, cfg.learning_rate, cfg.epochs_per_layer, "quantize", record)
-        if guard.bad is None and cfg.transform != "none":
-            self.block["s"] = ops.convert_to_numpy(block_transform.s)
-            self.block["v"] = ops.convert_to_numpy(block_transform.v)
-        penalty, reg, l1 = block_transform.terms(
-            [self.net.get_layer(n).kernel for n in self.block["layers"]]
+        b = self.block_index[name]
+        self.normalize_penalty(b)
+        self.trainer.set_block(b)
+        self.trainer.set_distill(cfg.distillation == "all")
+        record["gradient_ratio"] = self.gradient_ratio(index, b)
+        previous = self.position[self.names[index - 1]] if index else -1
+        where = f"layer {index + 1}/{total} {name!r}"
+        self.run_phase(
+            record,
+            index,
+            "quantize",
+            cfg.learning_rate,
+            cfg.epochs_per_layer,
+            self.trainable_above(previous, b),
+            where,
+            self.phase_seed(index, 0),
+            before,
         )
-        record.update(  # via numpy: torch tensors that require grad warn on float()
-            epochs=cfg.epochs_per_layer,
-            penalty=float(ops.convert_to_numpy(penalty)),
-            reg=float(ops.convert_to_numpy(reg)),
-            l1=float(ops.convert_to_numpy(l1)),
+        penalty, reg, l1 = self.trainer.block_terms(b)
+        record.update(
+            penalty=phases.numpy_float(penalty),
+            reg=phases.numpy_float(reg),
+            l1=phases.numpy_float(l1),
         )
-        _set_trainable(self.net, self.position[name])  # Alg. 1 line 12: freeze sgn(w)
-        self.finish_phase(record, guard, index, "quantize", snapshot)
-
-        if cfg.finetune_epochs and index + 1 < total:
+        if cfg.finetune_epochs and index + 1 < total:  # Alg. 1 line 12: sgn(w) frozen
             record = {"layer": name, "index": index, "phase": "finetune", "seconds": {}}
             self.log(
                 f"layer {index + 1}/{total} {name!r}: fine-tune the layers above, "
                 f"{cfg.finetune_epochs} epochs"
             )
-            seed = cfg.seed * 7919 + 2 * index + 1
-            self.task_phase(record, index, seed, cfg.finetune_learning_rate, cfg.finetune_epochs)
-
-        last = index + 1 == total or cfg.transform == "intra"
-        if last or self.block_of[self.names[index + 1]] is not self.block_of[name]:
-            self.close_block()
+            self.task_phase(
+                record,
+                index,
+                self.phase_seed(index, 1),
+                cfg.finetune_learning_rate,
+                cfg.finetune_epochs,
+                self.position[name],
+                where,
+            )
+        self.recalibrate(record, index)  # for the next layer's statistics and the checkpoint
+        last = index + 1 == total
+        if last or self.block_index[self.names[index + 1]] != b:
+            self.close_block(b)
         if self.ckpt is not None:
-            meta, arrays = self.block_state()
-            self.ckpt.save(self.net, index + 1, self.history, meta, arrays)
+            self.ckpt.save(self.net, index + 1, self.history, *self.block_state())
 
-    def close_block(self):
-        if self.block is not None:
-            self.transforms.append(self.block)
-            self.block = None
+    def final_phase(self):
+        """Every layer binarized; every weight trains again, binary layers' latent weights
+        included (ReActNet's second step, started from the progressive result)."""
+        cfg = self.config
+        record = {"layer": "*", "index": None, "phase": "final", "seconds": {}}
+        self.log(f"all {len(self.names)} layers: joint fine-tune, {cfg.final_epochs} epochs")
+        self.task_phase(
+            record,
+            None,
+            self.phase_seed(len(self.names), 2),
+            cfg.finetune_learning_rate,
+            cfg.final_epochs,
+            -1,
+            f"all {len(self.names)} layers",
+        )
 
-    # -- checkpoint (de)serialization of the open block and closed transforms ---------------
+    def close_block(self, b):
+        """Keep the block's trained s and V (active slots only) for the result."""
+        block = self.trainer.blocks[b]
+        names = self.block_names[b]
+        entry = {
+            "layers": names,
+            "ids": [self.grouping[n][0] for n in names],
+            "ks": [self.grouping[n][1] for n in names],
+            "dims": [int(np.prod(self.net.get_layer(n).kernel.shape[:3])) for n in names],
+            "s": None,
+            "v": None,
+        }
+        if block.s is not None:
+            s, v = block.numpy_sv()
+            active = block.active_index()
+            entry["s"], entry["v"] = s[active], v[np.ix_(active, active)]
+        if self.transforms and self.transforms[-1]["layers"] == names:
+            self.transforms[-1] = entry
+        else:
+            self.transforms.append(entry)
+
+    # -- checkpoint (de)serialization of the blocks ------------------------------------------
     def block_state(self):
-        blocks = self.transforms + ([self.block] if self.block is not None else [])
-        meta, arrays = [], {}
-        for i, b in enumerate(blocks):
-            meta.append({"layers": b["layers"], "ks": b["ks"], "dims": b["dims"]})
-            if b["s"] is not None:
-                arrays[f"s{i}"], arrays[f"v{i}"] = b["s"], b["v"]
-            for j, ids in enumerate(b["ids"]):
-                if ids is not None:
-                    arrays[f"ids{i}_{j}"] = np.asarray(ids)
-        meta = {"blocks": meta, "open": self.block is not None}
+        """Every block's trainer variables (s, V, gates of its members, group ids) and the
+        closed blocks' summaries."""
+        meta = {"transforms": [], "grouping": {}}
+        arrays = {}
+        for i, block in enumerate(self.trainer.blocks):
+            for j, w in enumerate(block.weights):
+                arrays[f"b{i}_{j}"] = ops.convert_to_numpy(w)
+        for name, (ids, k) in self.grouping.items():
+            meta["grouping"][name] = k
+            if ids is not None:
+                arrays[f"ids_{name}"] = np.asarray(ids)
+        for i, t in enumerate(self.transforms):
+            meta["transforms"].append(t["layers"])
+            if t["s"] is not None:
+                arrays[f"s{i}"], arrays[f"v{i}"] = t["s"], t["v"]
         return meta, arrays
 
     def restore(self, state):
         completed = state["completed"]
         if self.config.activations_first_epochs:
             self.binarize_activations()
-        for name in self.names[:completed]:
-            self.quantize(name)
-        _set_trainable(self.net, self.position[self.names[completed - 1]] if completed else -1)
+        for i in range(completed):
+            self.trainer.set_binary(i, inputs=True, kernel=True)
         self.net.load_weights(state["weights_path"])
+        self.bn_stale = False  # saved right after a re-estimation
         self.history = state["history"]
         arrays = state["block_arrays"] or {}
         meta = state["block_meta"]
-        blocks = []
-        for i, m in enumerate(meta["blocks"]):
-            blocks.append(
-                {
-                    "layers": m["layers"],
-                    "ks": m["ks"],
-                    "dims": m["dims"],
-                    "s": arrays.get(f"s{i}"),
-                    "v": arrays.get(f"v{i}"),
-                    "ids": [arrays.get(f"ids{i}_{j}") for j in range(len(m["layers"]))],
-                }
-            )
-        self.block = blocks.pop() if meta["open"] else None
-        self.transforms = blocks
+        for i, block in enumerate(self.trainer.blocks):
+            for j, w in enumerate(block.weights):
+                w.assign(arrays[f"b{i}_{j}"])
+        for name, k in meta["grouping"].items():
+            self.grouping[name] = (arrays.get(f"ids_{name}"), k)
+        for i, _ in enumerate(meta["transforms"]):
+            b = self.block_index[meta["transforms"][i][0]]
+            self.close_block(b)
+            self.transforms[-1]["s"] = arrays.get(f"s{i}")
+            self.transforms[-1]["v"] = arrays.get(f"v{i}")
         return completed
 
     def v_parameters(self):
@@ -597,18 +597,22 @@ def progressive_fit(
     collect its input statistics with the lower layers in their current (binarized) state,
     build the reduction matrix P (k-means over input dimensions) and PCA-initialised s and V,
     expanding them inside the block (Eq. 11); train the layer binarized, the layers above in
-    full precision, with the task loss + the Eq. 13 penalty, l1 and Reg terms (fresh Adam,
-    linear decay); freeze it (its kernel is exactly alpha[o] * sign(w) from then on);
-    re-estimate BatchNorm statistics; fine-tune the layers above with the task loss.
+    full precision, with the task loss (or the teacher's distribution) + the Eq. 13 penalty,
+    l1 and Reg terms (fresh Adam, linear decay); freeze it (its kernel is exactly
+    alpha[o] * sign(w) from then on); fine-tune the layers above. With ``final_epochs`` a
+    joint phase then trains every weight again. One traced train step serves every phase
+    (``bitat_keras.phases``); BatchNorm statistics are re-estimated before inference-mode use.
+    Warns before training when a layer's quantization phase gets too few optimizer steps.
 
     Args:
         model: a built, pre-trained full-precision Keras model (or one from ``bk.binarize``).
         train_data: ``(x, y)`` numpy arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches.
-        config: a ``BiTATConfig`` (paper defaults if None).
+        config: a ``BiTATConfig`` (its defaults if None; ``BiTATConfig.paper()`` for the
+            paper's settings).
         validation_data: optional data of the same kind, evaluated after every phase.
         callbacks: Keras callbacks, passed to every ``fit`` call (each phase).
         checkpoint_dir: folder for per-layer checkpoints; a run restarted with the same
-            arguments resumes after the last completed layer.
+            arguments resumes after the last completed layer (or the final phase).
         verbose: Keras verbosity for the epoch level; any truthy value also prints the
             layer level ("layer k/L").
 
@@ -625,7 +629,7 @@ def progressive_fit(
     if not isinstance(config, BiTATConfig):
         raise TypeError(f"`config` must be a BiTATConfig. Received: {type(config).__name__}")
     _check_model(model)
-    run = _Run(model, train_data, config, validation_data, callbacks, None, verbose)
+    run = _Run(model, train_data, config, validation_data, callbacks, verbose)
     first, state = 0, None
     if checkpoint_dir is not None:
         run.ckpt = Checkpointer(checkpoint_dir, _fingerprint(config, run.names, run.net))
@@ -637,15 +641,21 @@ def progressive_fit(
         run.activation_phase()
     for index in range(first, len(run.names)):
         run.step(index)
-    run.close_block()
-    for layer in run.net.layers:
+    if config.final_epochs and not (state is not None and state.get("final_done")):
+        run.final_phase()
+        run.recalibrate(run.history[-1], None)
+        if run.ckpt is not None:
+            run.ckpt.save(run.net, len(run.names), run.history, *run.block_state(), final=True)
+    net = run.model()
+    for layer in net.layers:
         layer.trainable = not isinstance(layer, BinaryConv2D)
-    run.net.compile(loss=run.loss, metrics=["accuracy"])
+    net.compile(loss=run.loss, metrics=["accuracy"])
     return BiTATResult(
-        model=run.net,
+        model=net,
         history=run.history,
         config=config,
         transforms=run.transforms,
         v_parameters=run.v_parameters(),
         seconds=time.perf_counter() - start,
+        traces=run.trainer.traces,
     )

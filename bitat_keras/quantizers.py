@@ -5,6 +5,7 @@ wrapped in ``keras.ops.custom_gradient``, is what larq-compute-engine recognises
 binarizer (a ``stop_gradient`` STE or a plain ``sign`` stays float after conversion).
 """
 
+import keras
 from keras import ops
 
 from bitat_keras._registry import register, resolve, serialize
@@ -20,6 +21,13 @@ def _sign(x):
 
 def _with_gradient(x, grad_fn):
     """Return sign(x) whose gradient is `upstream * grad_fn(x)`."""
+    if isinstance(x, keras.Variable):
+        # Read the variable outside the custom gradient: under TensorFlow an eager
+        # custom_gradient that reads a variable inside expects the gradient function to
+        # return (input_grads, variable_grads) too.
+        x = ops.copy(x)
+    else:
+        x = ops.convert_to_tensor(x)
 
     @ops.custom_gradient
     def _quantize(x):
@@ -71,9 +79,7 @@ class SteSign(Quantizer):
 
     def __call__(self, x):
         clip = self.clip_value
-        return _with_gradient(
-            ops.convert_to_tensor(x), lambda x: ops.cast(ops.abs(x) <= clip, x.dtype)
-        )
+        return _with_gradient(x, lambda x: ops.cast(ops.abs(x) <= clip, x.dtype))
 
     def get_config(self):
         return {"clip_value": self.clip_value}
@@ -92,10 +98,7 @@ class ApproxSign(Quantizer):
     """
 
     def __call__(self, x):
-        return _with_gradient(
-            ops.convert_to_tensor(x),
-            lambda x: ops.maximum(2.0 - 2.0 * ops.abs(x), 0.0),
-        )
+        return _with_gradient(x, lambda x: ops.maximum(2.0 - 2.0 * ops.abs(x), 0.0))
 
 
 ALIASES = {"ste_sign": SteSign, "approx_sign": ApproxSign}

@@ -19,6 +19,9 @@ class _Term:
 class DependencyPenalty(_Term):
     """lam * ||diag(s) V^T P (W - Q(W))||_F^2 over a block (Eq. 13, second term).
 
+    ``BlockTransform`` divides it by the block's output energy ||diag(s) V^T P W||_F^2
+    unless the configuration asks for the paper's plain sum (``penalty_normalization``).
+
     Args:
         lam: the weight lambda (paper: 100).
 
@@ -55,8 +58,8 @@ class TransformRegularizer(_Term):
             raise ValueError(f"`weight` must be >= 0. Received: weight={weight!r}")
         self.weight = float(weight)
 
-    def __call__(self, s, v, sigma):
-        return self.weight * transform.orthogonality_and_scale(s, v, sigma)
+    def __call__(self, s, v, sigma, mask=None):
+        return self.weight * transform.orthogonality_and_scale(s, v, sigma, mask)
 
 
 @register

@@ -137,11 +137,21 @@ def dependency_penalty(s, v, residuals):
     return ops.sum(ops.square(t))
 
 
-def orthogonality_and_scale(s, v, sigma):
-    """Reg(s, V) = ||V V^T - I||_F^2 + (sigma - sum_i log s_i)^2 (Sec. 4, after Eq. 9)."""
+def orthogonality_and_scale(s, v, sigma, mask=None):
+    """Reg(s, V) = ||V V^T - I||_F^2 + (sigma - sum_i log s_i)^2 (Sec. 4, after Eq. 9).
+
+    ``mask`` (K,) restricts Reg to the slots in use (1) of a block whose later layers have
+    not joined yet (0): V's rows and columns and s's entries outside it do not count.
+    """
     k = v.shape[0]
-    gram = ops.matmul(v, ops.transpose(v)) - ops.eye(k, dtype=v.dtype)
+    eye = ops.eye(k, dtype=v.dtype)
+    if mask is not None:
+        v = v * ops.expand_dims(mask, 1) * ops.expand_dims(mask, 0)
+        eye = eye * ops.expand_dims(mask, 0)
+    gram = ops.matmul(v, ops.transpose(v)) - eye
     log_s = ops.log(ops.maximum(ops.abs(s), 1e-12))
+    if mask is not None:
+        log_s = log_s * mask
     return ops.sum(ops.square(gram)) + ops.square(sigma - ops.sum(log_s))
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 import bitat_keras as bk
 from bitat_keras.export import binary_conv_layers
-from bitat_keras.progressive import recalibrate_batchnorm
+from bitat_keras.training import recalibrate_batchnorm
 
 DATASET = "cifar100"
 INPUT_SHAPE = (32, 32, 3)
@@ -68,7 +68,7 @@ FP_SETTINGS = "fp_settings.json"
 FP_BACKUP = "fp_backup"
 BITAT_CHECKPOINT = "bitat"
 
-_PAPER = bk.BiTATConfig()  # the paper's 7.1 values (BiTATConfig's defaults)
+_PAPER = bk.BiTATConfig.paper()  # the paper's 7.1 values
 
 
 def _say(message):
@@ -190,7 +190,7 @@ def _check_args(args):
 
 def bitat_config(args):
     """The ``BiTATConfig`` for these arguments (the paper's 7.1 values by default)."""
-    return bk.BiTATConfig(
+    return bk.BiTATConfig.paper(
         lam=args.lam,
         gamma=args.gamma,
         groups=args.groups,
@@ -285,7 +285,7 @@ def pretrain(
     if epochs:
         backup = [] if backup_dir is None else [keras.callbacks.BackupAndRestore(backup_dir)]
         model.fit(train, epochs=epochs, callbacks=[*backup, *callbacks], verbose=verbose)
-    # BatchNorm's moving averages lag behind short runs (DESIGN.md): re-estimate them.
+    # BatchNorm's moving averages lag behind short runs (docs/method.md): re-estimate them.
     recalibrate_batchnorm(model, (np.asarray(x) for x, _ in train.take(20)))
     return model
 

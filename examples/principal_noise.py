@@ -32,8 +32,8 @@ import numpy as np
 from keras import ops
 
 from bitat_keras import datasets, models, transform
-from bitat_keras.demo import train_full_precision
 from bitat_keras.statistics import patch_rows
+from bitat_keras.training import train_full_precision
 
 DIRECTIONS = ("top", "bottom")
 MODES = ("independent", "progressive")

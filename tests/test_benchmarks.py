@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import bitat_keras as bk
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,14 +36,23 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
         "full_precision",
         "naive_ste",
         "reactnet",
+        "reactnet_2x",
         "bitat_none",
         "bitat_intra",
         "bitat_cross",
-        "bitat_filter",
+        "bitat_paper",
         "bitat_aggregated",
+        "bitat_aggregated_2x",
     ):
         assert 0.0 <= rows[name]["accuracy_mean"] <= 1.0
         assert rows[name]["seconds_mean"] > 0
+    # Validation and test come from disjoint images; the JSON says how many of each.
+    assert (report["train_size"], report["val_size"], report["test_size"]) == (224, 64, 96)
+    # BiTAT at 2x makes about twice ReActNet's 1x optimizer steps.
+    assert rows["bitat_aggregated_2x"]["steps"] >= 1.8 * rows["reactnet"]["steps"]
+    assert {b for b, *_ in report["curves"]["bitat"]} == {1, 2}
+    agg = rows["bitat_aggregated"]["per_seed"]["0"]
+    assert agg["phases"]["overhead"] >= 0 and len(agg["gradient_ratio"]) == 3
     assert (
         rows["bitat_aggregated"]["v_parameters"]["used"]
         < rows["bitat_cross"]["v_parameters"]["used"]
@@ -51,18 +62,33 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     assert deploy["latency_ms"]["lce_indirect_bgemm_1t"] > 0
     assert "| bitat_aggregated |" in (tmp_path / "mini.md").read_text()
     assert (tmp_path / "mini_accuracy_vs_cost.png").stat().st_size > 1000
-
-
-@pytest.mark.parametrize(
-    "total, layers, expected", [(8, 8, (1, 0)), (16, 8, (1, 1)), (32, 8, (2, 2)), (15, 13, (1, 0))]
-)
-def test_bitat_schedule_fits_the_epoch_budget(total, layers, expected):
+    # A second seed merges into the same report instead of replacing it.
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from paper_table import bitat_schedule, epochs_seen
+    import paper_table
 
-    e, f = bitat_schedule(total, layers)
-    assert (e, f) == expected
-    assert epochs_seen(e, f, layers) <= max(total, layers)
+    merged = paper_table.run("mini", str(tmp_path), seeds=[1], groups=())
+    assert merged["rows"]["reactnet"]["seeds"] == 2
+    assert merged["rows"]["bitat_none"]["seeds"] == 1  # extra rows ran for seed 0 only
+    assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
+
+
+@pytest.mark.parametrize("total", [8.0, 24.0, 48.0])
+def test_scaled_schedule_spends_the_budget_in_the_defaults_proportions(total):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from paper_table import scaled_schedule
+
+    config = bk.BiTATConfig()
+    layers = 8
+    s = scaled_schedule(config, total, layers)
+    spent = (
+        s["activations_first_epochs"]
+        + layers * s["epochs_per_layer"]
+        + (layers - 1) * s["finetune_epochs"]
+        + s["final_epochs"]
+    )
+    assert spent == pytest.approx(total)
+    ratio = s["final_epochs"] / s["epochs_per_layer"]
+    assert ratio == pytest.approx(config.final_epochs / config.epochs_per_layer)
 
 
 def test_lce_benchmark_command_prints_pi_and_android_commands(capsys):
@@ -91,21 +117,19 @@ def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp
     assert "| lce_indirect_bgemm |" in (tmp_path / "deployment_mini.md").read_text()
 
 
-def test_bitat_sweep_runs_variants_against_the_references(tmp_path):
+def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bitat_sweep
+    import sweep
 
-    report = bitat_sweep.run("mini", str(tmp_path), budget=1, variants=["aggregated_lam1_sign"])
+    names = ["none/q+final", "agg-lam0.3-sign/q+final"]
+    report = sweep.run("mini", str(tmp_path), variants=names, baseline_lrs=(1e-3,))
     rows = report["rows"]
-    assert set(rows) == {"full_precision", "naive_ste_1x", "reactnet_1x", "aggregated_lam1_sign"}
-    row = rows["aggregated_lam1_sign"]
-    assert row["config"] == {
-        "transform": "aggregated",
-        "activations_first_epochs": 0,
-        "lam": 1.0,
-        "penalty_gradient": "sign",
-    }
-    # One validation accuracy per quantize phase of the 3 binary layers (1x: no fine-tune).
-    assert [t["phase"] for t in row["trace"]] == ["quantize"] * 3
+    assert set(rows) == {"full_precision", "naive_ste_lr0.001", "reactnet_lr0.001", *names}
+    row = rows["agg-lam0.3-sign/q+final"]
+    assert row["overrides"]["lam"] == 0.3 and row["overrides"]["penalty_gradient"] == "sign"
+    phases = [t["phase"] for t in row["trace"]]
+    assert phases.count("quantize") == 3 and phases[-1] == "final"
     assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in row["trace"])
-    assert "| aggregated_lam1_sign |" in (tmp_path / "sweep_mini.md").read_text()
+    best = max(names, key=lambda n: rows[n]["val_accuracy"])
+    assert report["best"][0] == best
+    assert "| agg-lam0.3-sign/q+final |" in (tmp_path / "sweep_mini.md").read_text()

@@ -62,7 +62,7 @@ def test_defaults_are_the_papers(example, capsys):
     for name, value in PAPER_7_1.items():
         assert getattr(args, name) == value, name
     config = example.bitat_config(args)
-    assert config == example.bk.BiTATConfig()  # exactly the library's defaults
+    assert config == example.bk.BiTATConfig.paper()  # exactly the paper's settings
     for name, value in PAPER_7_1.items():
         assert getattr(config, name) == value, name
     assert config.transform == "aggregated"

@@ -80,7 +80,7 @@ COMMON = textwrap.dedent(
         np.savez(f"{tag}.npz", **{v.path: ops.convert_to_numpy(v) for v in result.model.weights})
         record = {
             "phases": [h["phase"] for h in result.history],
-            "losses": [h["loss"] for h in result.history],
+            "losses": [value for h in result.history for value in h["loss"]],
             "trainable": [v.path for v in result.model.trainable_weights],
             "binary": bk.models.eligible_layers(result.model),
             "steps": sum(len(h["loss"]) for h in result.history) * -(-len(x) // 32),

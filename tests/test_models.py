@@ -12,7 +12,7 @@ def test_anchor_network_size_and_binary_layer_count():
     model = bk.models.reactnet_mobilenet(
         (28, 28, 1), num_classes=10, blocks=[(64, 1), (128, 2), (128, 1), (256, 2), (256, 1)]
     )
-    assert 1.06e6 < model.count_params() < 1.08e6  # DESIGN.md: about 1.07 M params
+    assert 1.06e6 < model.count_params() < 1.08e6  # the anchor network: about 1.07 M params
     assert len(bk.models.eligible_layers(model)) == 13
 
 

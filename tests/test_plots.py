@@ -45,6 +45,9 @@ def fitted():
         stats_rows=512,
         bn_recalibration_batches=2,
         transform="aggregated",
+        lam=100.0,
+        penalty_normalization="none",
+        final_epochs=0,
     )
     result = bk.progressive_fit(
         fp, (x[:128], y[:128]), config=config, validation_data=(xt[:64], yt[:64]), verbose=0

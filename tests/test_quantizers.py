@@ -83,3 +83,48 @@ def test_weight_clip_matches_numpy():
     w = np.linspace(-3, 3, 13).astype("float32")
     c = bk.constraints.get("weight_clip")
     np.testing.assert_array_equal(ops.convert_to_numpy(c(w)), np.clip(w, -1, 1))
+
+
+def test_eager_gradient_through_keras_variables_equals_the_traced_one():
+    """An eager tape through the quantizers and a BinaryConv2D whose weights are Keras
+    variables (under TensorFlow, tf.custom_gradient sees a variable read inside it), then
+    fit(run_eagerly=True) and a hand-written loop."""
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    kernel = keras.Variable(rng.normal(size=(3, 3, 2, 4)).astype("float32") * 0.5)
+    weights = ops.convert_to_tensor(np.arange(72.0, dtype="float32").reshape(3, 3, 2, 4))
+
+    def loss():
+        return ops.sum(bk.quantizers.SteSign()(kernel) * weights)
+
+    eager = bk.training.gradient(loss, kernel)
+    traced = tf.function(lambda: tf.gradients(loss(), kernel.value)[0])().numpy()
+    np.testing.assert_array_equal(eager, traced)
+    expected = np.arange(72.0).reshape(3, 3, 2, 4) * (np.abs(kernel.numpy()) <= 1.0)
+    np.testing.assert_allclose(eager, expected)
+
+    model = bk.binarize(
+        bk.models.reactnet_mobilenet(
+            (8, 8, 1), num_classes=3, width_multiplier=0.25, blocks=[(64, 1)]
+        )  # fmt: skip
+    )
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    layer = model.get_layer("block1_conv3x3")
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        value = loss_fn(y, model(x, training=True))
+    grad = tape.gradient(value, layer.kernel.value)
+    assert grad is not None and np.abs(grad.numpy()).sum() > 0
+    before = layer.kernel.numpy().copy()
+    model.compile("adam", loss_fn, run_eagerly=True)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    optimizer = keras.optimizers.Adam(1e-2)
+    for _ in range(2):  # a hand-written training loop
+        with tf.GradientTape() as tape:
+            value = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(value, model.trainable_weights)
+        optimizer.apply(grads, model.trainable_weights)
+    assert np.abs(layer.kernel.numpy() - before).max() > 0

@@ -1,0 +1,147 @@
+"""Training helpers shared by progressive_fit, the baselines, the demo and the benchmarks:
+the linear-decay Adam schedule, the jit choice, BatchNorm re-estimation, accuracy and the
+task loss."""
+
+import keras
+import numpy as np
+
+__all__ = [
+    "accuracy",
+    "gradient",
+    "jit_compile",
+    "linear_decay",
+    "recalibrate_batchnorm",
+    "task_loss",
+    "train_full_precision",
+]
+
+
+def jit_compile():
+    """Whether to XLA-compile train steps: always under JAX. XLA under TensorFlow costs more
+    to compile than it saves on CPU-sized runs; torch.compile recompiles for every phase and
+    layer type (minutes on a tiny model), so torch runs eagerly."""
+    return keras.backend.backend() == "jax"
+
+
+def linear_decay(lr, steps):
+    """Learning rate ``lr`` decayed linearly to 0 over ``steps`` optimizer steps."""
+    return keras.optimizers.schedules.PolynomialDecay(
+        lr, decay_steps=max(int(steps), 1), end_learning_rate=0.0, power=1.0
+    )
+
+
+def task_loss():
+    """Sparse categorical cross-entropy on logits (the default task loss)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def recalibrate_batchnorm(net, batches, layers=None):
+    """Re-estimate BatchNorm moving statistics as a cumulative average over ``batches``
+    (forward passes in training mode, no gradient).
+
+    Short training phases leave the moving statistics behind the weights (BatchNorm's
+    momentum 0.99 needs hundreds of steps), so inference-mode accuracy lags training-mode
+    accuracy until the statistics are re-estimated.
+
+    Args:
+        net: the model.
+        batches: an iterable of input batches.
+        layers: the BatchNormalization layers to re-estimate (default: every trainable one).
+
+    Returns:
+        The number of batches used.
+    """
+    bns = layers
+    if bns is None:
+        bns = [
+            layer
+            for layer in net.layers
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        ]
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    count = 0
+    try:
+        for count, x in enumerate(batches, start=1):
+            for bn in bns:
+                bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
+            net(x, training=True)
+    finally:
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+    return count
+
+
+def accuracy(model, x, y, batch_size=512):
+    """Top-1 accuracy of a logits model on numpy data."""
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y)))
+
+
+def train_full_precision(model, train, epochs, batch_size, verbose=0, learning_rate=1e-3):
+    """Adam with linear decay on the task loss, then BatchNorm statistics re-estimated.
+
+    Args:
+        model: the full-precision model (trained in place).
+        train: ``(x, y)`` numpy arrays.
+        epochs, batch_size, verbose, learning_rate: as in ``keras.Model.fit``.
+
+    Returns:
+        ``model``.
+    """
+    x, y = train
+    steps = epochs * int(np.ceil(len(x) / batch_size))
+    model.compile(
+        keras.optimizers.Adam(linear_decay(learning_rate, steps)),
+        task_loss(),
+        metrics=["accuracy"],
+        jit_compile=jit_compile(),
+    )
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    order = np.random.default_rng(0).permutation(len(x))[: 20 * batch_size]
+    recalibrate_batchnorm(
+        model, (x[order[i : i + batch_size]] for i in range(0, len(order), batch_size))
+    )
+    return model
+
+
+def gradient(fn, variable):
+    """d fn() / d variable, computed eagerly on the active backend.
+
+    Args:
+        fn: a function of no arguments returning a scalar; it reads ``variable``.
+        variable: a ``keras.Variable``.
+
+    Returns:
+        The gradient as a numpy array of the variable's shape.
+
+    Example:
+        >>> g = gradient(lambda: keras.ops.sum(layer.kernel**2), layer.kernel)  # doctest: +SKIP
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # already imported by the backend
+
+        with tf.GradientTape() as tape:
+            value = fn()
+        grad = tape.gradient(value, variable.value)
+    elif backend == "jax":
+        import jax
+
+        def of_value(value):
+            with keras.StatelessScope(state_mapping=[(variable, value)]):
+                return fn()
+
+        grad = jax.grad(of_value)(variable.value)
+    elif backend == "torch":
+        value = variable.value
+        value.grad = None
+        fn().backward()
+        grad = value.grad
+        value.grad = None
+    else:
+        raise NotImplementedError(f"No eager gradient for the {backend!r} backend.")
+    if grad is None:
+        return np.zeros(variable.shape, dtype="float32")
+    return np.asarray(keras.ops.convert_to_numpy(grad))
