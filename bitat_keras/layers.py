@@ -134,9 +134,13 @@ class BinaryConv2D(keras.layers.Conv2D):
             if padding == "same" and self.pad_values != 0.0:
                 x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
                 padding = "valid"
+        return self._convolve(x, self.quantized_kernel(), padding)
+
+    def _convolve(self, x, kernel, padding):
+        """The convolution of the (already quantized and padded) input, bias, activation."""
         outputs = ops.conv(
             x,
-            self.quantized_kernel(),
+            kernel,
             strides=self.strides,
             padding=padding,
             dilation_rate=self.dilation_rate,

@@ -78,19 +78,7 @@ class GatedBinaryConv2D(BinaryConv2D):
             padding = "valid"
         w = ops.convert_to_tensor(self.kernel)
         kernel = ops.where(self.gates.kernel > 0.5, self.quantized_kernel(), w)
-        outputs = ops.conv(
-            x,
-            kernel,
-            strides=self.strides,
-            padding=padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._convolve(x, kernel, padding)
 
 
 def _swap_conv_class(model, cls, names, quantizers_of=None):
