@@ -169,12 +169,8 @@ class BlockTransform(keras.layers.Layer):
 
     # -- Eq. 12-13 ---------------------------------------------------------------------------
     def _reduce(self, matrix, j):
-        c = matrix.shape[-1]
-        matrix = ops.reshape(matrix, (-1, c))
-        if self.ids[j] is None:
-            return matrix
-        sums = ops.segment_sum(matrix, self.ids[j], num_segments=self.slots[j])
-        return sums / ops.expand_dims(self.counts[j], 1)
+        matrix = ops.reshape(matrix, (-1, matrix.shape[-1]))
+        return transform.reduce_residual(matrix, self.ids[j], self.slots[j], self.counts[j])
 
     def residuals(self, kernels):
         """P_j (W_j - Q(W_j)) for each member, Q(W) = alpha[o] * sgn(W), zero for members

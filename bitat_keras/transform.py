@@ -155,10 +155,16 @@ def orthogonality_and_scale(s, v, sigma, mask=None):
     return ops.sum(ops.square(gram)) + ops.square(sigma - ops.sum(log_s))
 
 
-def reduce_residual(residual, ids, k):
-    """P E for a (d, c) residual as group means (``keras.ops``; ids None means P = I)."""
+def reduce_residual(residual, ids, k, counts=None):
+    """P E for a (d, c) residual as group means (``keras.ops``; ids None means P = I).
+
+    ``counts`` (k,): the group sizes (at least 1), e.g. a variable when ``ids`` is one;
+    computed from ``ids`` with numpy when None.
+    """
     if ids is None:
         return residual
     sums = ops.segment_sum(residual, ids, num_segments=k)
-    counts = np.bincount(np.asarray(ids), minlength=k).astype("float32")
-    return sums / ops.expand_dims(ops.convert_to_tensor(counts), 1)
+    if counts is None:
+        counts = np.maximum(np.bincount(np.asarray(ids), minlength=k), 1).astype("float32")
+        counts = ops.convert_to_tensor(counts)
+    return sums / ops.expand_dims(counts, 1)
