@@ -1,17 +1,24 @@
 """Choose BiTAT's defaults and the baselines' learning rates on the validation split.
 
-    python benchmarks/sweep.py --preset cpu     # one seed; the test set is never touched
+    python benchmarks/sweep.py --preset cpu               # every row, one after another
+    python benchmarks/sweep.py --preset cpu --jobs 20     # rows in parallel processes (GPU)
 
-Every variant starts from the same full-precision model (seed 0) and gets the 1x budget of
-the preset (ReActNet's optimizer steps at its 1x epochs); naive STE and ReActNet get their
-learning rates chosen the same way. Each BiTAT row keeps the validation accuracy after
-every phase, which shows where accuracy is lost. Writes results/sweep_<preset>.json and .md;
+Every row starts from the same full-precision model (seed 0, trained once and saved beside
+the report) and gets a budget in the preset's 1x epochs (ReActNet's optimizer steps at its
+1x epoch count); naive STE and ReActNet get their learning rates and epoch counts chosen the
+same way. Each BiTAT row keeps the validation accuracy after every phase, which shows where
+accuracy is lost. The test set is never touched. Writes results/sweep_<preset>.json and .md;
 the best BiTAT variant is printed as the ``BiTATConfig`` overrides it needs.
+
+With ``--jobs N`` each row runs in its own process (N at a time) and its part of the report
+is merged when it ends: on a GPU a small network's train step is dispatch-bound, so rows run
+side by side at nearly full speed, but their ``train s`` are then not comparable timings.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -38,14 +45,21 @@ SCHEDULES = {
     "q+long-final": dict(
         activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0, final_epochs=4
     ),
+    "q+longer-final": dict(
+        activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0, final_epochs=8
+    ),
 }
 
 
-def _variant(transform="aggregated", schedule="q+final", **overrides):
+def _variant(transform="aggregated", schedule="q+final", lr=None, **overrides):
+    if lr is not None:
+        overrides.update(learning_rate=lr, finetune_learning_rate=lr)
     return dict(transform=transform, distillation="all", **SCHEDULES[schedule], **overrides)
 
 
-VARIANTS = {  # in the order they run (a cut-short sweep keeps the first ones)
+# BiTAT rows: BiTATConfig overrides (``budget``: multiple of the 1x epochs, default 1;
+# ``paper``: start from BiTATConfig.paper()). In the order they run.
+VARIANTS = {
     "none/q+final": _variant("none"),
     "agg-lam0.3-sign/q+final": _variant(lam=0.3, penalty_gradient="sign"),
     "agg-lam1-sign/q+final": _variant(lam=1.0, penalty_gradient="sign"),
@@ -59,88 +73,185 @@ VARIANTS = {  # in the order they run (a cut-short sweep keeps the first ones)
     "agg-lam0.3-sign/act+q+final": _variant(
         schedule="act+q+final", lam=0.3, penalty_gradient="sign"
     ),
+    # Learning rate and a longer joint phase (second sweep).
+    "agg/q+final/lr2e-3": _variant(lr=2e-3),
+    "none/q+final/lr2e-3": _variant("none", lr=2e-3),
+    "agg/q+long-final/lr2e-3": _variant(schedule="q+long-final", lr=2e-3),
+    "none/q+long-final/lr2e-3": _variant("none", "q+long-final", lr=2e-3),
+    "agg/q+long-final/lr1e-3": _variant(schedule="q+long-final", lr=1e-3),
+    "agg/q+long-final/lr4e-3": _variant(schedule="q+long-final", lr=4e-3),
+    "agg/act+q+final/lr2e-3": _variant(schedule="act+q+final", lr=2e-3),
+    "agg-lam1/q+long-final/lr2e-3": _variant(schedule="q+long-final", lr=2e-3, lam=1.0),
+    "cross/q+long-final/lr2e-3": _variant("cross", "q+long-final", lr=2e-3),
+    "intra/q+long-final/lr2e-3": _variant("intra", "q+long-final", lr=2e-3),
+    "agg/q+long-final/lr2e-3/2x": _variant(schedule="q+long-final", lr=2e-3, budget=2),
+    "paper/lr2e-3": dict(paper=True, learning_rate=2e-3, finetune_learning_rate=2e-3),
+    # At 48 epochs (ReActNet converged at lr 2e-3) and higher learning rates (third sweep).
+    "agg/q+long-final/lr4e-3/2x": _variant(schedule="q+long-final", lr=4e-3, budget=2),
+    "none/q+long-final/lr4e-3/2x": _variant("none", "q+long-final", lr=4e-3, budget=2),
+    "agg/q+longer-final/lr4e-3/2x": _variant(schedule="q+longer-final", lr=4e-3, budget=2),
+    "agg/q+long-final/lr8e-3/2x": _variant(schedule="q+long-final", lr=8e-3, budget=2),
 }
 
-LEARNING_RATES = (1e-3, 2e-3)
+# Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).
+BASELINES = {
+    "naive_ste_lr0.001": ("naive_ste", 1e-3, 1),
+    "naive_ste_lr0.002": ("naive_ste", 2e-3, 1),
+    "naive_ste_lr0.004": ("naive_ste", 4e-3, 1),
+    "naive_ste_lr0.002_2x": ("naive_ste", 2e-3, 2),
+    "reactnet_lr0.001": ("reactnet", 1e-3, 1),
+    "reactnet_lr0.002": ("reactnet", 2e-3, 1),
+    "reactnet_lr0.004": ("reactnet", 4e-3, 1),
+    "reactnet_lr0.002_2x": ("reactnet", 2e-3, 2),
+    "reactnet_lr0.002_4x": ("reactnet", 2e-3, 4),
+    "naive_ste_lr0.004_2x": ("naive_ste", 4e-3, 2),
+    "naive_ste_lr0.008_2x": ("naive_ste", 8e-3, 2),
+    "reactnet_lr0.004_2x": ("reactnet", 4e-3, 2),
+    "reactnet_lr0.008_2x": ("reactnet", 8e-3, 2),
+}
+METHODS = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
 
 
-def run(preset, out_dir, variants=None, baseline_lrs=LEARNING_RATES, budget=1):
-    settings = dict(pt.PRESETS[preset])
-    bench = pt.Bench(preset, settings, out_dir)
-    started = time.perf_counter()
+def full_precision(bench, path):
+    """The seed-0 full-precision model: loaded from ``path`` when it exists, else trained
+    and saved there (so parallel rows share one teacher)."""
+    s = bench.settings
     keras.utils.set_random_seed(0)
     fp = bench.model()
-    training.train_full_precision(fp, bench.train, settings["fp_epochs"], settings["batch"])
+    if os.path.exists(path):
+        fp.load_weights(path)
+    else:
+        training.train_full_precision(fp, bench.train, s["fp_epochs"], s["batch"], 0, s["lr"])
+        fp.save_weights(path)
+    return fp
+
+
+def run_row(bench, fp, name):
+    s = bench.settings
+    if name in BASELINES:
+        method, lr, budget = BASELINES[name]
+        keras.utils.set_random_seed(0)
+        bnn, seconds = METHODS[method](
+            fp, bench.train, epochs=budget * s["epochs"], learning_rate=lr, batch_size=s["batch"]
+        )
+        return {"val_accuracy": bench.accuracy(bnn, "val"), "seconds": seconds, "budget": budget}
+    overrides = dict(VARIANTS[name])
+    budget = overrides.pop("budget", 1)
+    result = bench.bitat(fp, 0, budget, validate=True, **overrides)
+    return {
+        "val_accuracy": bench.accuracy(result.model, "val"),
+        "seconds": result.seconds,
+        "budget": budget,
+        "overrides": overrides,
+        "trace": [
+            {k: h.get(k) for k in ("layer", "phase", "steps", "val_accuracy", "gradient_ratio")}
+            for h in result.history
+        ],
+    }
+
+
+def settings_of(preset, epochs=None):
+    """The preset's settings, with ``epochs`` (the 1x budget) replaced when given."""
+    settings = dict(pt.PRESETS[preset])
+    if epochs is not None:
+        settings["epochs"] = epochs
+    return settings
+
+
+def run(preset, out_dir, names=None, jobs=1, epochs=None):
+    settings = settings_of(preset, epochs)
+    bench = pt.Bench(preset, settings, out_dir)
+    started = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    fp_path = os.path.join(out_dir, f"sweep_{preset}_fp.weights.h5")
+    if os.path.exists(fp_path):
+        os.remove(fp_path)  # a sweep trains its own teacher
+    fp = full_precision(bench, fp_path)
     rows = {"full_precision": {"val_accuracy": bench.accuracy(fp, "val")}}
     pt.log(f"full precision: val {rows['full_precision']['val_accuracy']:.4f}")
-    epochs = budget * settings["epochs"]
-    for name, method in (
-        ("naive_ste", baselines.naive_ste),
-        ("reactnet", baselines.reactnet_two_step),
-    ):
-        for lr in baseline_lrs:
-            keras.utils.set_random_seed(0)
-            bnn, seconds = method(
-                fp, bench.train, epochs=epochs, learning_rate=lr, batch_size=settings["batch"]
-            )
-            row = f"{name}_lr{lr:g}"
-            rows[row] = {"val_accuracy": bench.accuracy(bnn, "val"), "seconds": seconds}
-            pt.log(f"{row}: {rows[row]}")
-    layers = None
-    for name in variants or VARIANTS:
-        overrides = dict(VARIANTS[name])
-        result = bench.bitat(fp, 0, budget, validate=True, **overrides)
-        layers = layers or len([h for h in result.history if h["phase"] == "quantize"])
-        rows[name] = {
-            "val_accuracy": bench.accuracy(result.model, "val"),
-            "seconds": result.seconds,
-            "overrides": overrides,
-            "trace": [
-                {k: h.get(k) for k in ("layer", "phase", "steps", "val_accuracy", "gradient_ratio")}
-                for h in result.history
-            ],
-        }
-        pt.log(f"{name}: val {rows[name]['val_accuracy']:.4f} in {result.seconds:.0f} s")
-        write(preset, out_dir, rows, settings, time.perf_counter() - started)
-    return write(preset, out_dir, rows, settings, time.perf_counter() - started)
+    names = list(names or [*BASELINES, *VARIANTS])
+
+    def done(name, row):
+        rows[name] = row
+        pt.log(f"{name}: val {row['val_accuracy']:.4f} in {row['seconds']:.0f} s")
+        write(preset, out_dir, rows, settings, time.perf_counter() - started, jobs)
+
+    if jobs == 1:
+        for name in names:
+            done(name, run_row(bench, fp, name))
+    else:
+        for name, row in _parallel(preset, out_dir, names, jobs, settings["epochs"]):
+            done(name, row)
+    rows = {"full_precision": rows["full_precision"], **{n: rows[n] for n in names if n in rows}}
+    return write(preset, out_dir, rows, settings, time.perf_counter() - started, jobs)
+
+
+def _parallel(preset, out_dir, names, jobs, epochs):
+    """Yield ``(name, row)`` as child processes (one row each, ``jobs`` at a time) end."""
+    parts = os.path.join(out_dir, "sweep_parts")
+    os.makedirs(parts, exist_ok=True)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    pending, running = list(names), {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            part = os.path.join(parts, name.replace("/", "_") + ".json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--preset", preset]
+            cmd += ["--out", out_dir, "--epochs", str(epochs), "--child", name, "--part", part]
+            log = open(part + ".log", "w")
+            running[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=log), part, log)
+        time.sleep(1)
+        for name, (proc, part, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode:
+                pt.log(f"{name} failed (exit {proc.returncode}); see {part}.log")
+                continue
+            with open(part) as f:
+                yield name, json.load(f)
 
 
 def best_variant(rows):
-    bitat = {k: v for k, v in rows.items() if "overrides" in v}
+    bitat = {k: v for k, v in rows.items() if "overrides" in v and v.get("budget", 1) == 1}
     name = max(bitat, key=lambda k: bitat[k]["val_accuracy"])
     return name, bitat[name]["overrides"]
 
 
-def write(preset, out_dir, rows, settings, seconds):
+def write(preset, out_dir, rows, settings, seconds, jobs=1):
     report = {
         "preset": preset,
         "settings": settings,
         "command": "python benchmarks/sweep.py " + " ".join(sys.argv[1:]),
         "backend": keras.backend.backend(),
         "split": "validation (held out of the training images)",
+        "parallel_jobs": jobs,
         "rows": rows,
         "total_seconds": seconds,
     }
-    if any("overrides" in v for v in rows.values()):
+    if any("overrides" in v and v.get("budget", 1) == 1 for v in rows.values()):
         report["best"] = best_variant(rows)
-    os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"sweep_{preset}")
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1, default=float)
+    timing = "train s" if jobs == 1 else f"train s ({jobs} rows in parallel: not timings)"
     lines = [
-        f"# Validation sweep, preset `{preset}` (seed 0, 1x budget)",
+        f"# Validation sweep, preset `{preset}` (seed 0)",
         "",
         f"Command: `{report['command']}`; backend {report['backend']}; "
-        f"{seconds / 60:.1f} min. Accuracy on the validation split.",
+        f"{seconds / 60:.1f} min; 1x = {settings['epochs']} epochs. Accuracy on the "
+        f"validation split ({settings['val']} images held out of the training images).",
         "",
-        "| row | val acc. | train s |",
-        "|---|---|---|",
+        f"| row | budget | val acc. | {timing} |",
+        "|---|---|---|---|",
     ]
     for name, row in rows.items():
         secs = f"{row['seconds']:.0f}" if "seconds" in row else "-"
-        lines.append(f"| {name} | {row['val_accuracy']:.2%} | {secs} |")
+        budget = f"{row['budget']}x" if "budget" in row else "-"
+        lines.append(f"| {name} | {budget} | {row['val_accuracy']:.2%} | {secs} |")
     if "best" in report:
-        lines += ["", f"Best BiTAT variant: `{report['best'][0]}`: {report['best'][1]}"]
+        lines += ["", f"Best BiTAT variant at 1x: `{report['best'][0]}`: {report['best'][1]}"]
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return report
@@ -150,10 +261,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(pt.PRESETS), default="cpu")
     parser.add_argument("--out", default=os.path.join(pt.HERE, "results"))
-    parser.add_argument("--variants", default=None, help="comma list of VARIANTS names")
+    parser.add_argument(
+        "--rows", default=None, help="comma list of VARIANTS and BASELINES names (default: all)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="rows run in parallel processes")
+    parser.add_argument("--epochs", type=int, default=None, help="1x epochs (default: preset's)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    variants = args.variants.split(",") if args.variants else None
-    report = run(args.preset, args.out, variants)
+    if args.child:  # one row of a parallel sweep, on the parent's saved teacher
+        bench = pt.Bench(args.preset, settings_of(args.preset, args.epochs), args.out)
+        fp = full_precision(bench, os.path.join(args.out, f"sweep_{args.preset}_fp.weights.h5"))
+        row = run_row(bench, fp, args.child)
+        with open(args.part, "w") as f:
+            json.dump(row, f, default=float)
+        return 0
+    names = args.rows.split(",") if args.rows else [*BASELINES, *VARIANTS]
+    unknown = [n for n in names if n not in BASELINES and n not in VARIANTS]
+    if unknown:
+        parser.error(
+            f"unknown rows {unknown}; expected names from {list(BASELINES)} or " f"{list(VARIANTS)}"
+        )
+    report = run(args.preset, args.out, names, args.jobs, args.epochs)
     print(json.dumps(report.get("best"), default=float))
     return 0
 

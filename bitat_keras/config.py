@@ -81,10 +81,10 @@ class BiTATConfig:
     lam: float = 0.3
     gamma: float = 1e-5
     groups: int = 64
-    learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-3
+    learning_rate: float = 8e-3
+    finetune_learning_rate: float = 8e-3
     epochs_per_layer: float = 2
-    finetune_epochs: float = 0.5
+    finetune_epochs: float = 0
     batch_size: int = 128
     transform: str = "aggregated"
     blocks: object = "auto"
@@ -99,7 +99,7 @@ class BiTATConfig:
     activations_first_epochs: float = 0
     penalty_gradient: str = "sign"
     penalty_normalization: str = "output"
-    final_epochs: float = 4
+    final_epochs: float = 8
     seed: int = 0
 
     @classmethod

@@ -42,7 +42,7 @@ def build_parser(prog="bitat-keras demo"):
     p.add_argument(
         "--final-epochs",
         type=float,
-        default=2 * defaults.final_epochs,  # the demo's data are small: a longer joint phase
+        default=defaults.final_epochs,
         help="BiTAT joint phase after the last layer (0: none, as in the paper)",
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
