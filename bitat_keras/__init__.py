@@ -10,6 +10,7 @@ from bitat_keras import (
     regularizers,
     transform,
 )
+from bitat_keras.checkpoint import CheckpointError
 from bitat_keras.config import BiTATConfig
 from bitat_keras.export import convert_keras_model, inspect_tflite, verify_tflite
 from bitat_keras.models import binarize
@@ -22,6 +23,7 @@ __all__ = [
     "analysis",
     "datasets",
     "BiTATResult",
+    "CheckpointError",
     "NonFiniteLossError",
     "binarize",
     "convert_keras_model",

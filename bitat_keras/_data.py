@@ -5,6 +5,8 @@ import math
 import keras
 import numpy as np
 
+from bitat_keras.checkpoint import data_digest
+
 
 def _is_tf_dataset(data):
     return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
@@ -80,6 +82,7 @@ class TrainData:
     """
 
     def __init__(self, data, model, batch_size, what="train_data"):
+        """``digest``: a cheap fingerprint of the data (checkpoints refuse other data)."""
         self.what = what
         self.batch_size = int(batch_size)
         self.dataset = None
@@ -96,6 +99,12 @@ class TrainData:
                     f"{data.element_spec}"
                 )
             x, y = (np.asarray(t) for t in first)
+            if x.ndim == len(model.inputs[0].shape) - 1:
+                raise ValueError(
+                    f"`{what}` yields single samples of shape {x.shape}, not batches: call "
+                    f".batch(batch_size) on the dataset. Model {model.name!r} expects batches "
+                    f"of shape {tuple(model.inputs[0].shape)}."
+                )
             self._check(x, y, model)
             static = data.element_spec[0].shape[0]
             if self._split == "shards" and (static is None or static % self.devices):
@@ -107,6 +116,7 @@ class TrainData:
                 )
             card = int(data.cardinality())
             self.steps = card if card > 0 else sum(1 for _ in data)
+            self.digest = f"dataset:{self.steps}:{data_digest(x, y)}"  # first batch
         elif isinstance(data, tuple | list) and len(data) == 2:
             x, y = np.asarray(data[0]), np.asarray(data[1])
             if len(x) != len(y):
@@ -116,6 +126,7 @@ class TrainData:
             self._check(x, y, model)
             self.x, self.y = x.astype("float32", copy=False), y
             self.steps = math.ceil(len(x) / self.batch_size)
+            self.digest = data_digest(x, y)
             self._check_split(len(x))
         else:
             raise TypeError(
@@ -135,14 +146,24 @@ class TrainData:
                 f"`{self.what}` samples have shape {got} but model {model.name!r} expects "
                 f"{expected}."
             )
+        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+            bad = "non-numeric" if not np.issubdtype(x.dtype, np.number) else "NaN or infinite"
+            raise ValueError(
+                f"`{self.what}` inputs contain {bad} values (dtype {x.dtype}); clean or "
+                "impute them before training: BiTAT's statistics and the loss need finite "
+                "numbers."
+            )
         classes = model.outputs[0].shape[-1]
         y = np.asarray(y)
         if y.ndim > 1 and y.shape[-1] == 1:
             y = y[..., 0]
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.number):
+            hint = ""
+            if y.ndim == 2 and y.shape[-1] == classes:
+                hint = " These look one-hot: pass np.argmax(y, axis=-1)."
             raise ValueError(
                 f"`{self.what}` labels must be integer class ids of shape (N,). "
-                f"Received labels of shape {y.shape} and dtype {y.dtype}."
+                f"Received labels of shape {y.shape} and dtype {y.dtype}.{hint}"
             )
         if np.any(y != np.round(y)) or y.min() < 0 or (classes and y.max() >= classes):
             raise ValueError(

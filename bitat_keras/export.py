@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from bitat_keras.models import check_model, walk_layers
+
 __all__ = [
     "BCONV_OP",
     "ConversionWarning",
@@ -57,28 +59,6 @@ class UnsafeModelError(ValueError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_model(model, what="model"):
-    import keras
-
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`{what}` must be a keras.Model (functional or Sequential). "
-            f"Received: {model!r} of type {type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            f"Model {model.name!r} is not built. Give it an `Input` (or call it once on data) "
-            "before converting it."
-        )
-
-
-def _walk_layers(layer):
-    """Yield every sub-layer of `layer` (nested models included), depth first."""
-    for sub in getattr(layer, "layers", None) or ():
-        yield sub
-        yield from _walk_layers(sub)
-
-
 def binary_conv_layers(model):
     """Names of the ``BinaryConv2D`` layers that LCE should turn into ``LceBconv2d``.
 
@@ -99,9 +79,9 @@ def binary_conv_layers(model):
     """
     from bitat_keras.layers import BinaryConv2D
 
-    _check_model(model)
+    check_model(model, training=False)
     names = []
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if (
             isinstance(layer, BinaryConv2D)
             and layer.input_quantizer is not None
@@ -115,7 +95,7 @@ def binary_conv_layers(model):
 def _any_binary_conv(model):
     from bitat_keras.layers import BinaryConv2D
 
-    return any(isinstance(layer, BinaryConv2D) for layer in _walk_layers(model))
+    return any(isinstance(layer, BinaryConv2D) for layer in walk_layers(model))
 
 
 def _read_flatbuffer(flatbuffer):
@@ -387,7 +367,7 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
         >>> inspect_tflite(data)["ops"]["LceBconv2d"]
         31
     """
-    _check_model(model)
+    check_model(model, training=False)
     lce_kwargs = _lce_convert_kwargs(lce_kwargs)
     data = _convert_via_saved_model(model, lce_kwargs)
     _check_binary(model, data, strict)
@@ -415,7 +395,7 @@ def convert_float_tflite(model, *, int8=False, representative_data=None):
         >>> data = convert_float_tflite(model)
         >>> data8 = convert_float_tflite(model, int8=True, representative_data=x_train[:100])
     """
-    _check_model(model)
+    check_model(model, training=False)
     if int8 and representative_data is None:
         raise ValueError(
             "int8=True needs `representative_data` (a numpy array of typical model inputs, "
@@ -627,7 +607,7 @@ def _lce_outputs(data, arrays, interpreter_kwargs):
 
 def _parity(model, flatbuffer, x, **interpreter_kwargs):
     """(max |keras - lce|, max |keras|) over all outputs."""
-    _check_model(model)
+    check_model(model, training=False)
     data = _read_flatbuffer(flatbuffer)
     arrays = [a.astype(np.float32) for a in _as_input_list(model, x)]
     expected = _keras_outputs(model, arrays)

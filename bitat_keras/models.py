@@ -4,6 +4,15 @@ import keras
 
 from bitat_keras.layers import BinaryConv2D, LearnableBias, RPReLU
 
+__all__ = [
+    "MOBILENET_V1_BLOCKS",
+    "binarize",
+    "check_model",
+    "eligible_layers",
+    "reactnet_mobilenet",
+    "walk_layers",
+]
+
 # (filters, strides) of the 13 MobileNetV1 blocks used by ReActNet-A.
 MOBILENET_V1_BLOCKS = (
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -122,6 +131,65 @@ def _is_plain_conv(layer):
         and getattr(layer, "groups", 1) == 1
         and type(layer) in (keras.layers.Conv2D, BinaryConv2D)
     )
+
+
+def check_model(model, what="model", training=True):
+    """Raise a clear error, before any work, unless ``model`` is a built ``keras.Model``
+    this library can handle.
+
+    For conversion (``training=False``) that is any built model. For ``progressive_fit``
+    (``training=True``) also: one input, no nested sub-model holding convolutions (their
+    convs would be skipped silently: build the model flat), and no dilated eligible conv
+    (the input statistics, Eq. 5, are im2col patches of an undilated kernel).
+
+    Args:
+        model: the object to check.
+        what: the argument's name in error messages.
+        training: check what ``progressive_fit`` needs too.
+
+    Example:
+        >>> check_model(reactnet_mobilenet((28, 28, 1), 10, 0.25))
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{what}` must be a keras.Model (functional or Sequential). "
+            f"Received: {model!r} of type {type(model).__name__}"
+        )
+    if not model.built or (training and not getattr(model, "inputs", None)):
+        raise ValueError(
+            f"Model {model.name!r} is not built: give it a `keras.Input` (a functional or "
+            "Sequential model with a known input shape) before passing it."
+        )
+    if not training:
+        return
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"Model {model.name!r} has {len(model.inputs)} inputs; progressive_fit needs a "
+            "model with exactly one image input."
+        )
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and any(
+            isinstance(sub, keras.layers.Conv2D) for sub in walk_layers(layer)
+        ):
+            raise ValueError(
+                f"Model {model.name!r} nests the sub-model {layer.name!r}, which holds "
+                "convolutions progressive_fit would not see. Build the model flat (call the "
+                "sub-model's layers directly on the outer model's tensors)."
+            )
+    for name in eligible_layers(model):
+        layer = model.get_layer(name)
+        if tuple(layer.dilation_rate) != (1, 1):
+            raise ValueError(
+                f"Layer {name!r} has dilation_rate={tuple(layer.dilation_rate)}; BiTAT's "
+                "input statistics support undilated convs only (dilation_rate=1)."
+            )
+
+
+def walk_layers(layer):
+    """Yield every sub-layer of ``layer`` (nested models included), depth first."""
+    for sub in getattr(layer, "layers", None) or ():
+        yield sub
+        yield from walk_layers(sub)
 
 
 def eligible_layers(model):

@@ -12,10 +12,10 @@ from keras import ops
 from bitat_keras import phases, training, transform
 from bitat_keras._data import TrainData
 from bitat_keras.block import BlockTransform
-from bitat_keras.checkpoint import Checkpointer
+from bitat_keras.checkpoint import Checkpointer, weights_digest
 from bitat_keras.config import BiTATConfig, check_phase_steps
 from bitat_keras.layers import BinaryConv2D
-from bitat_keras.models import binarize, eligible_layers
+from bitat_keras.models import binarize, check_model, eligible_layers
 from bitat_keras.statistics import patch_rows
 from bitat_keras.training import recalibrate_batchnorm
 
@@ -113,16 +113,6 @@ def _make_blocks(net, names, spec):
             f"Expected the order {list(names)}. Received: {blocks}"
         )
     return blocks
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(
-            f"Model {model.name!r} is not built: progressive_fit needs a built functional or "
-            "Sequential model with a known input shape (start it with keras.Input)."
-        )
 
 
 def _resolve_loss(model):
@@ -543,7 +533,7 @@ class _Run:
             self.binarize_activations()
         for i in range(completed):
             self.trainer.set_binary(i, inputs=True, kernel=True)
-        self.net.load_weights(state["weights_path"])
+        self.ckpt.load_weights(self.net, state)
         self.bn_stale = False  # saved right after a re-estimation
         self.history = state["history"]
         arrays = state["block_arrays"] or {}
@@ -575,9 +565,15 @@ def _eval_kwargs(data):
     return kwargs
 
 
-def _fingerprint(config, names, model):
+def _fingerprint(config, names, model, data):
     return json.dumps(
-        {"config": config.fingerprint(), "layers": names, "params": int(model.count_params())}
+        {
+            "config": config.fingerprint(),
+            "layers": names,
+            "params": int(model.count_params()),
+            "weights": weights_digest(model),
+            "data": data.digest,
+        }
     )
 
 
@@ -628,11 +624,11 @@ def progressive_fit(
     config = config or BiTATConfig()
     if not isinstance(config, BiTATConfig):
         raise TypeError(f"`config` must be a BiTATConfig. Received: {type(config).__name__}")
-    _check_model(model)
+    check_model(model)
     run = _Run(model, train_data, config, validation_data, callbacks, verbose)
     first, state = 0, None
     if checkpoint_dir is not None:
-        run.ckpt = Checkpointer(checkpoint_dir, _fingerprint(config, run.names, run.net))
+        run.ckpt = Checkpointer(checkpoint_dir, _fingerprint(config, run.names, model, run.data))
         state = run.ckpt.load()
         if state is not None:
             first = run.restore(state)

@@ -1,6 +1,8 @@
 """progressive_fit (Algorithm 1) on tiny models: freezing, exact binary kernels, BatchNorm,
 callbacks, errors."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -163,6 +165,11 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
         ((np.zeros((4, 9, 9, 1)), np.zeros((4,))), r"shape \(9, 9, 1\).*expects \(8, 8, 1\)"),
         ((np.zeros((4, 8, 8, 1)), np.full((4,), 12)), r"labels must be integers in \[0, 10\)"),
         ((np.zeros((4, 8, 8, 1)), np.zeros((5,))), "different lengths"),
+        ((np.full((4, 8, 8, 1), np.nan), np.zeros((4,))), "NaN or infinite"),
+        ((np.full((4, 8, 8, 1), np.inf), np.zeros((4,))), "NaN or infinite"),
+        ((np.zeros((4, 8, 8, 1)), np.eye(10)[:4]), "look one-hot: pass np.argmax"),
+        ((np.zeros((4, 8, 8, 1)), np.array([0, 1, -1, 2])), r"Received values in \[-1, 2\]"),
+        ((np.zeros((4, 8, 8, 1)), np.array([0, 1, 0.5, 2])), r"integers in \[0, 10\)"),
     ],
 )
 def test_bad_data_is_rejected_with_clear_errors(data, match):
@@ -181,6 +188,49 @@ def test_bad_models_are_rejected():
         bk.progressive_fit(keras.Sequential([keras.layers.Conv2D(4, 3)]), data, verbose=0)
     with pytest.raises(TypeError, match="BiTATConfig"):
         bk.progressive_fit(tiny_model(), data, config={"lam": 1}, verbose=0)
+
+
+def _functional(body, inputs=None):
+    inputs = inputs or [keras.Input((8, 8, 1))]
+    x = body(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def test_unsupported_models_and_unbatched_data_get_clear_errors_before_training():
+    import tensorflow as tf
+
+    conv = keras.layers.Conv2D
+    data = (np.zeros((4, 8, 8, 1)), np.zeros((4,)))
+
+    def dilated(inputs):
+        x = conv(4, 3, padding="same")(inputs[0])
+        return conv(4, 3, padding="same", dilation_rate=2, name="dilated")(x)
+
+    def nested(inputs):
+        inner = keras.Sequential(
+            [keras.Input((8, 8, 4)), conv(4, 3, padding="same"), conv(4, 1)], name="inner"
+        )
+        return inner(conv(4, 3, padding="same")(inputs[0]))
+
+    def two_inputs(inputs):
+        x = keras.layers.Concatenate()(inputs)
+        return conv(4, 1)(conv(4, 3, padding="same")(x))
+
+    cases = [
+        (_functional(dilated), r"'dilated' has dilation_rate=\(2, 2\)"),
+        (_functional(nested), "nests the sub-model 'inner'.*Build the model flat"),
+        (
+            _functional(two_inputs, [keras.Input((8, 8, 1)), keras.Input((8, 8, 1))]),
+            "has 2 inputs",
+        ),
+    ]
+    for model, match in cases:
+        with pytest.raises(ValueError, match=match):
+            bk.progressive_fit(model, data, config=bk.BiTATConfig(**FAST), verbose=0)
+    unbatched = tf.data.Dataset.from_tensor_slices(data)
+    with pytest.raises(ValueError, match=r"single samples of shape \(8, 8, 1\).*\.batch\("):
+        bk.progressive_fit(tiny_model(), unbatched, config=bk.BiTATConfig(**FAST), verbose=0)
 
 
 def test_non_finite_loss_names_layer_and_phase_and_restores_the_model(digits, tmp_path):
@@ -247,6 +297,30 @@ def test_activations_first_variant_with_distillation_and_checkpoint(digits, tmp_
         assert layer.input_quantizer is not None and layer.kernel_quantizer is not None
     with pytest.raises(ValueError, match="other arguments"):
         bk.progressive_fit(model, digits, config=bk.BiTATConfig(**FAST), checkpoint_dir=tmp_path)
+    # Other training data or other pre-trained weights are refused too, before any training.
+    x, y = digits
+    with pytest.raises(bk.CheckpointError, match="training data differ"):
+        bk.progressive_fit(model, (x[::-1], y[::-1]), config=config, checkpoint_dir=tmp_path)
+    other = keras.models.clone_model(model)
+    other.set_weights([w * 2 for w in model.get_weights()])
+    with pytest.raises(bk.CheckpointError, match="pre-trained weights"):
+        bk.progressive_fit(other, digits, config=config, checkpoint_dir=tmp_path)
+    # Damaged files are named, with what to do; nothing but the checkpointer's files is removed.
+    (tmp_path / "notes.txt").write_text("mine")
+    state = json.loads((tmp_path / "state.json").read_text())
+    weights = tmp_path / state["weights_file"]
+    weights.write_bytes(b"not an h5 file")
+    with pytest.raises(bk.CheckpointError, match=f"{state['weights_file']}.*cannot be read"):
+        bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    weights.unlink()
+    with pytest.raises(bk.CheckpointError, match=f"{state['weights_file']}.*does not exist"):
+        bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    (tmp_path / "state.json").write_text('{"completed": 3,')
+    with pytest.raises(bk.CheckpointError, match=r"state\.json.*not valid JSON.*Delete"):
+        bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    (tmp_path / "state.json").unlink()
+    bk.progressive_fit(model, digits, config=config, checkpoint_dir=tmp_path, verbose=0)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

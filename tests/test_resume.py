@@ -1,55 +1,64 @@
-"""A run killed with SIGKILL and restarted gives the same model as an uninterrupted run."""
+"""Resume proven, not assumed: runs killed (SIGKILL) in the middle of a layer's training and
+inside Checkpointer.save resume after the last completed layer, train only what is left, and
+end bit for bit where an uninterrupted run ends."""
 
 import json
 import os
-import signal
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 WORKER = Path(__file__).with_name("resume_worker.py")
+LAYERS = 5  # the worker's model: two blocks of 3x3 + 2 x 1x1, less the first conv
+BATCHES_PER_LAYER = 8  # 128 images / batch 32 = 4 steps; 1 quantize + 1 fine-tune epoch
 
 
-def _run(ckpt, out, **kwargs):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _run(ckpt, out, **fault):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **fault}
     command = [sys.executable, str(WORKER), str(ckpt), str(out)]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs
-    )
+    proc = subprocess.run(command, env=env, capture_output=True, timeout=900, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def _completed(ckpt):
-    try:
-        return json.loads((ckpt / "state.json").read_text())["completed"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
+    return json.loads((ckpt / "state.json").read_text())["completed"]
 
 
-def test_killed_run_resumes_to_the_same_model(tmp_path):
-    reference = _run(tmp_path / "ref", tmp_path / "ref.npz")
-    reference_err = reference.communicate(timeout=900)[1]
-    assert reference.returncode == 0, reference_err.decode()[-2000:]
+def _layers_trained(stdout):
+    """The layers whose quantization phase ran in this process."""
+    return [int(k) for k in re.findall(rf"\[BiTAT\] layer (\d)/{LAYERS} '\w+': quantize", stdout)]
 
-    ckpt = tmp_path / "killed"
-    proc = _run(ckpt, tmp_path / "never.npz")
-    deadline = time.time() + 900
-    while _completed(ckpt) < 2 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the worker finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)  # mid-way: layer 3 of 5, inside the first block
-    proc.wait()
-    assert not (tmp_path / "never.npz").exists()
-    assert 2 <= _completed(ckpt) < 5
 
-    resumed = _run(ckpt, tmp_path / "resumed.npz")
-    resumed_err = resumed.communicate(timeout=900)[1]
-    assert resumed.returncode == 0, resumed_err.decode()[-2000:]
-    assert b"resuming" not in resumed_err  # verbose=0 prints nothing
+def test_killed_runs_resume_after_the_last_layer_to_the_same_model(tmp_path):
+    code, out, err = _run(tmp_path / "ref", tmp_path / "ref.npz")
+    assert code == 0, err[-2000:]
+    assert "resuming" not in out and _layers_trained(out) == [1, 2, 3, 4, 5]
+
+    # Killed in the middle of layer 3's quantization phase (its 3rd batch).
+    ckpt = tmp_path / "ckpt"
+    code, out, _ = _run(ckpt, tmp_path / "x.npz", KILL_AT_BATCH=str(2 * BATCHES_PER_LAYER + 3))
+    assert code == -9 and not (tmp_path / "x.npz").exists()
+    assert _completed(ckpt) == 2 and _layers_trained(out) == [1, 2, 3]
+
+    # Resumed, then killed inside the save of layer 3: the new weights are on disk under
+    # their temporary name, state.json still names layer 2's checkpoint.
+    code, out, _ = _run(ckpt, tmp_path / "x.npz", KILL_IN_SAVE="1")
+    assert code == -9
+    assert f"resuming from '{ckpt}' after layer 2/{LAYERS}" in out
+    assert _layers_trained(out) == [3]
+    assert _completed(ckpt) == 2 and (ckpt / ".tmp-layer003.weights.h5").exists()
+
+    # Resumed again: only layers 3-5 and the joint phase train; the result is bit-identical.
+    code, out, err = _run(ckpt, tmp_path / "resumed.npz")
+    assert code == 0, err[-2000:]
+    assert f"resuming from '{ckpt}' after layer 2/{LAYERS}" in out
+    assert _layers_trained(out) == [3, 4, 5]
     with np.load(tmp_path / "ref.npz") as a, np.load(tmp_path / "resumed.npz") as b:
         assert a.files == b.files
         for key in a.files:
             np.testing.assert_array_equal(a[key], b[key])
-    assert _completed(ckpt) == 5
+    assert _completed(ckpt) == LAYERS
+    assert not [p.name for p in ckpt.iterdir() if p.name.startswith(".tmp-")]
