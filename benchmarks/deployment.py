@@ -15,11 +15,9 @@ import time
 
 import keras
 import numpy as np
+import paper_table as pt  # beside this file: on sys.path when run as a script
 
 import bitat_keras as bk
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import paper_table as pt  # noqa: E402
 
 
 def _untie(model, seed):

@@ -618,5 +618,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)  # latency.py beside this file
     raise SystemExit(main())

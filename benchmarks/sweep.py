@@ -23,11 +23,9 @@ import sys
 import time
 
 import keras
+import paper_table as pt  # beside this file: on sys.path when run as a script
 
 from bitat_keras import baselines, training
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import paper_table as pt  # noqa: E402
 
 # Schedules: proportions of (activations-first, quantize per layer, fine-tune per layer,
 # final) epochs, scaled to the budget; each gives every layer at least 2 epochs of

@@ -2,7 +2,7 @@
 
 BiTAT (Park, Yoon et al.), Table 1, CIFAR-100 with a ReActNet-A MobileNetV1: full precision
 68.08 %, ReActNet-A 65.51 %, BiTAT 68.36 %. Appendix 7.1 gives the BiTAT hyperparameters,
-which are this script's defaults (they are ``bk.BiTATConfig``'s defaults): Adam with linear
+which are this script's defaults (``bk.BiTATConfig.paper()``): Adam with linear
 learning-rate decay, learning rate 3e-4 for both the quantization and the fine-tune phase,
 batch size 800, 40 quantization epochs and 40 fine-tune epochs per layer, lambda = 100,
 gamma = 1e-5, k = 256 input-dimension groups.

@@ -63,7 +63,6 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     assert "| bitat_aggregated |" in (tmp_path / "mini.md").read_text()
     assert (tmp_path / "mini_accuracy_vs_cost.png").stat().st_size > 1000
     # A second seed merges into the same report instead of replacing it.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import paper_table
 
     merged = paper_table.run("mini", str(tmp_path), seeds=[1], groups=())
@@ -74,7 +73,6 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
 
 @pytest.mark.parametrize("total", [8.0, 24.0, 48.0])
 def test_scaled_schedule_spends_the_budget_in_the_defaults_proportions(total):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from paper_table import scaled_schedule
 
     config = bk.BiTATConfig()
@@ -92,7 +90,6 @@ def test_scaled_schedule_spends_the_budget_in_the_defaults_proportions(total):
 
 
 def test_lce_benchmark_command_prints_pi_and_android_commands(capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from lce_benchmark_command import main
 
     assert main(["model.tflite", "--threads", "1"]) == 0
@@ -101,7 +98,6 @@ def test_lce_benchmark_command_prints_pi_and_android_commands(capsys):
 
 
 def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import deployment
 
     report = deployment.run("mini", str(tmp_path), runs=3)
@@ -118,7 +114,6 @@ def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp
 
 
 def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import sweep
 
     names = ["naive_ste_lr0.001", "reactnet_lr0.001", "none/q+final", "agg-lam0.3-sign/q+final"]
@@ -138,7 +133,6 @@ def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_pat
 def test_parallel_sweep_merges_child_rows_on_one_teacher(tmp_path):
     """--jobs runs each row in its own process on the parent's saved teacher; the merged
     rows equal what the same rows give in one process (same seed, same teacher)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import sweep
 
     names = ["naive_ste_lr0.001", "none/q+final"]
