@@ -139,6 +139,7 @@ class Bench:
         self.rows = {}
         self.curves = {"naive_ste": [], "reactnet": [], "bitat": []}
         self.deploy = None
+        self.seconds = 0.0  # wall time of this invocation (run() updates it)
         self.on_row = None  # called after every row (run() saves the report then)
 
     def model(self):
@@ -384,8 +385,19 @@ def summarize(bench, previous=None):
         "deployment": bench.deploy or (previous or {}).get("deployment"),
         "curves": curves,
         "total_seconds": seconds + bench.seconds,
+        "notes": (previous or {}).get("notes", []),
     }
     report["goals"] = goals(rows)
+    return report
+
+
+def annotate(preset, out_dir, text):
+    """Add a note (e.g. what disturbed a timing) to a preset's report; rerenders it."""
+    path = os.path.join(out_dir, f"{preset}.json")
+    with open(path) as f:
+        report = json.load(f)
+    report.setdefault("notes", []).append(text)
+    write(report, out_dir, preset, quiet=True)
     return report
 
 
@@ -471,6 +483,8 @@ def markdown(r):
         lines += deployment_markdown(r["deployment"])
     lines += ["", "## Goals", ""]
     lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in r["goals"].items()]
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in r["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -608,7 +622,13 @@ def main(argv=None):
     parser.add_argument(
         "--bitat", default=None, help="JSON of BiTATConfig fields for the main BiTAT rows"
     )
+    parser.add_argument(
+        "--annotate", default=None, help="only add this note to the existing report"
+    )
     args = parser.parse_args(argv)
+    if args.annotate:
+        annotate(args.preset, args.out, args.annotate)
+        return 0
     groups = tuple(g for g in args.groups.split(",") if g)
     budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else None
     overrides = json.loads(args.bitat) if args.bitat else None

@@ -2,12 +2,14 @@
 
 from bitat_keras import (
     analysis,
+    callbacks,
     constraints,
     datasets,
     layers,
     models,
     quantizers,
     regularizers,
+    training,
     transform,
 )
 from bitat_keras.checkpoint import CheckpointError
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BiTATConfig",
     "analysis",
+    "callbacks",
     "datasets",
     "BiTATResult",
     "CheckpointError",
@@ -35,5 +38,6 @@ __all__ = [
     "progressive_fit",
     "quantizers",
     "regularizers",
+    "training",
     "transform",
 ]

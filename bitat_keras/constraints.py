@@ -43,3 +43,6 @@ def get(identifier):
         except ValueError:
             pass
     return resolve(identifier, ALIASES, "constraint")
+
+
+__all__ = ["ALIASES", "WeightClip", "get"]

@@ -166,6 +166,57 @@ class BinaryConv2D(keras.layers.Conv2D):
 
 
 @register
+class QuantConv2D(BinaryConv2D):
+    """larq's ``QuantConv2D`` on Keras 3, so larq model code ports by changing the import.
+
+    The same layer as ``BinaryConv2D`` with larq's arguments and defaults: no quantizer
+    (a plain conv until you set one), ``padding="valid"``, ``pad_values=0.0`` and no implicit
+    kernel scale (larq scales kernels with the ``"magnitude_aware_sign"`` quantizer instead).
+    With both quantizers set it converts to an ``LceBconv2d`` like ``BinaryConv2D``.
+
+    Args:
+        filters, kernel_size, strides, padding: as ``keras.layers.Conv2D``.
+        pad_values: 0.0 (larq's default) or 1.0 (one-padding, LCE's fastest).
+        input_quantizer, kernel_quantizer: None, an alias (``"ste_sign"``,
+            ``"approx_sign"``, ``"swish_sign"``, ``"magnitude_aware_sign"``), a quantizer or
+            a callable.
+        kernel_constraint: as ``keras.layers.Conv2D``; also ``"weight_clip"``.
+        **kwargs: any other ``BinaryConv2D`` / ``Conv2D`` argument.
+
+    Example:
+        >>> x = keras.Input((32, 32, 64))
+        >>> y = QuantConv2D(64, 3, padding="same", pad_values=1.0,
+        ...                 input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+        ...                 kernel_constraint="weight_clip", use_bias=False)(x)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        pad_values=0.0,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("kernel_scale", None)
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            pad_values=pad_values,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=kernel_quantizer,
+            kernel_constraint=kernel_constraint,
+            **kwargs,
+        )
+
+
+@register
 class LearnableBias(keras.layers.Layer):
     """Adds a trainable per-channel bias (ReActNet's learnable threshold / RSign shift).
 
@@ -223,3 +274,13 @@ class RPReLU(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "alpha_initializer": self.alpha_initializer}
+
+
+__all__ = [
+    "KERNEL_SCALES",
+    "BinaryConv2D",
+    "LearnableBias",
+    "QuantConv2D",
+    "RPReLU",
+    "same_paddings",
+]

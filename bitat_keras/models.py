@@ -3,6 +3,7 @@
 import keras
 
 from bitat_keras.layers import BinaryConv2D, LearnableBias, RPReLU
+from bitat_keras.summary import summary
 
 __all__ = [
     "MOBILENET_V1_BLOCKS",
@@ -10,6 +11,7 @@ __all__ = [
     "check_model",
     "eligible_layers",
     "reactnet_mobilenet",
+    "summary",
     "walk_layers",
 ]
 

@@ -410,11 +410,15 @@ def layer_history(result, *, axes=None, path=None):
     layers above); markers tell the phases apart (o quantize, s fine-tune, ^ the optional
     activation phase). Training values are those of each phase's last epoch; validation
     values (dashed) appear when ``validation_data`` was given. The third panel is the
-    Eq. 13 penalty lam * ||diag(s) V^T P (W - Q(W))||^2 at the end of each quantize phase.
+    Eq. 13 penalty lam * ||diag(s) V^T P (W - Q(W))||^2 at the end of each quantize phase;
+    the fourth, when the history has it, the fraction of the trained binary kernels' signs
+    that flipped during each phase (``flip_rate``, averaged over the layers): near 0 the
+    signs are frozen, near 0.5 they are random.
 
     Args:
         result: a ``BiTATResult`` or its ``history`` list.
-        axes: optional three matplotlib Axes (accuracy, loss, penalty) to draw into.
+        axes: optional three (accuracy, loss, penalty) or four (and sign flips) matplotlib
+            Axes to draw into.
         path: optional file to save the figure to.
 
     Returns:
@@ -435,18 +439,28 @@ def layer_history(result, *, axes=None, path=None):
         "loss": [_last(r.get("loss")) for r in history],
         "val_loss": [_last(r.get("val_loss")) for r in history],
         "penalty": [_last(r.get("penalty")) for r in history],
+        "flip_rate": [
+            float(np.mean(list(r["flip_rate"].values()))) if r.get("flip_rate") else np.nan
+            for r in history
+        ],
     }
+    flips = not np.all(np.isnan(series["flip_rate"]))
     if axes is None:
-        fig, grid = _new_figure((max(6.5, 0.45 * len(history) + 3), 8), 3, 1, sharex=True)
+        rows = 4 if flips else 3
+        size = (max(6.5, 0.45 * len(history) + 3), 2.7 * rows)
+        fig, grid = _new_figure(size, rows, 1, sharex=True)
         axes = list(grid[:, 0])
     else:
-        axes = _check_axes(axes, 3, "axes")
+        count = 4 if isinstance(axes, list | tuple | np.ndarray) and len(axes) == 4 else 3
+        axes = _check_axes(axes, count, "axes")
         fig = axes[0].figure
-    panels = (  # (axes, label, series, colour, log scale when every value is positive)
+    panels = [  # (axes, label, series, colour, log scale when every value is positive)
         (axes[0], "accuracy", ("accuracy", "val_accuracy"), "C0", False),
         (axes[1], "loss (train: task + Eq. 13 terms)", ("loss", "val_loss"), "C1", True),
         (axes[2], "penalty (Eq. 13)", ("penalty",), "C2", True),
-    )
+    ]
+    if len(axes) == 4:
+        panels.append((axes[3], "sign flips in the phase", ("flip_rate",), "C3", False))
     for ax, ylabel, keys, color, log in panels:
         for key in keys:
             y = np.asarray(series[key])

@@ -12,6 +12,7 @@ from keras import ops
 from bitat_keras import phases, training, transform
 from bitat_keras._data import TrainData
 from bitat_keras.block import BlockTransform
+from bitat_keras.callbacks import flip_rate, kernel_signs
 from bitat_keras.checkpoint import Checkpointer, weights_digest
 from bitat_keras.config import BiTATConfig, check_phase_steps
 from bitat_keras.layers import BinaryConv2D
@@ -223,9 +224,19 @@ class _Run:
         kwargs, steps = self.data.phase_kwargs(epochs, seed)
         self.optimizer.start_phase(lr, steps)
         self.optimizer.set_masks(trainable)
+        layers = {name: self.net.get_layer(name) for name in self.names}
+        moving = {  # binarized kernels that train in this phase: their sign flips are logged
+            name: layer
+            for name, layer in layers.items()
+            if id(layer.kernel) in trainable and phases.numpy_float(layer.gates.kernel) > 0.5
+        }
+        signs = {name: kernel_signs(layer) for name, layer in moving.items()}
         start = time.perf_counter()
         hist = self.trainer.fit(**kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose)
         record["seconds"][label] = time.perf_counter() - start
+        record["flip_rate"] = {  # fraction of signs that changed during the phase
+            name: flip_rate(signs[name], kernel_signs(layer)) for name, layer in moving.items()
+        }
         record["compile_seconds"] = guard.compile_seconds()  # included in the fit time
         record["epochs"] = epochs
         record["steps"] = steps

@@ -101,11 +101,86 @@ class ApproxSign(Quantizer):
         return _with_gradient(x, lambda x: ops.maximum(2.0 - 2.0 * ops.abs(x), 0.0))
 
 
-ALIASES = {"ste_sign": SteSign, "approx_sign": ApproxSign}
+@register
+class SwishSign(Quantizer):
+    """Sign with the derivative of the SignSwish function (larq's ``swish_sign``; BNN+,
+    Darabi et al.).
+
+    Forward: ``where(x >= 0, 1, -1)``. Backward: ``upstream * d/dx SS(x)`` with
+    ``SS(x) = 2 sigmoid(beta x) (1 + beta x (1 - sigmoid(beta x))) - 1``, a smooth
+    approximation of sign whose derivative is ``beta (2 - beta x tanh(beta x / 2)) /
+    (1 + cosh(beta x))``.
+
+    Args:
+        beta: sharpness of the approximation (larq's default 5.0). Must be positive.
+
+    Example:
+        >>> q = SwishSign(beta=5.0)
+        >>> y = q(keras.ops.ones((2, 2)))
+    """
+
+    def __init__(self, beta=5.0):
+        beta = float(beta)
+        if not beta > 0:
+            raise ValueError(f"`beta` must be > 0. Received: beta={beta}")
+        self.beta = beta
+
+    def __call__(self, x):
+        beta = self.beta
+
+        def derivative(x):
+            bx = beta * x
+            return beta * (2.0 - bx * ops.tanh(bx / 2.0)) / (1.0 + ops.cosh(bx))
+
+        return _with_gradient(x, derivative)
+
+    def get_config(self):
+        return {"beta": self.beta}
+
+
+@register
+class MagnitudeAwareSign(Quantizer):
+    """A kernel quantizer: per-output-channel ``mean(|w|) * sign(w)`` (larq's
+    ``magnitude_aware_sign``; Bi-Real Net).
+
+    Forward: ``alpha[o] * where(w >= 0, 1, -1)`` with ``alpha[o]`` the mean of ``|w|`` over
+    every axis but the last. Backward: ``upstream * alpha[o] * (|w| <= clip_value)`` (the
+    scale carries no gradient). For a ``BinaryConv2D`` this is what
+    ``kernel_quantizer="ste_sign", kernel_scale="per_channel"`` computes.
+
+    Args:
+        clip_value: gradients are zero where ``|w| > clip_value``. Must be positive.
+
+    Example:
+        >>> q = MagnitudeAwareSign()
+        >>> w = q(keras.ops.ones((3, 3, 8, 16)))
+    """
+
+    def __init__(self, clip_value=1.0):
+        self._ste = SteSign(clip_value)
+        self.clip_value = self._ste.clip_value
+
+    def __call__(self, x):
+        axes = tuple(range(len(x.shape) - 1))
+        alpha = ops.stop_gradient(ops.mean(ops.abs(ops.convert_to_tensor(x)), axis=axes))
+        return self._ste(x) * alpha
+
+    def get_config(self):
+        return {"clip_value": self.clip_value}
+
+
+# The names larq users type; each forward and gradient is tested against a numpy oracle.
+ALIASES = {
+    "ste_sign": SteSign,
+    "approx_sign": ApproxSign,
+    "swish_sign": SwishSign,
+    "magnitude_aware_sign": MagnitudeAwareSign,
+}
 
 
 def get(identifier):
-    """Return a quantizer from an alias (``"ste_sign"``, ``"approx_sign"``), config or callable."""
+    """Return a quantizer from an alias (``"ste_sign"``, ``"approx_sign"``, ``"swish_sign"``,
+    ``"magnitude_aware_sign"``), a config dict or a callable."""
     return resolve(identifier, ALIASES, "quantizer")
 
 
@@ -119,4 +194,27 @@ def approx_sign(x):
     return ApproxSign()(x)
 
 
-__all__ = ["ApproxSign", "Quantizer", "SteSign", "approx_sign", "get", "serialize", "ste_sign"]
+def swish_sign(x, beta=5.0):
+    """Functional form of :class:`SwishSign`."""
+    return SwishSign(beta)(x)
+
+
+def magnitude_aware_sign(x, clip_value=1.0):
+    """Functional form of :class:`MagnitudeAwareSign`."""
+    return MagnitudeAwareSign(clip_value)(x)
+
+
+__all__ = [
+    "ALIASES",
+    "ApproxSign",
+    "MagnitudeAwareSign",
+    "Quantizer",
+    "SteSign",
+    "SwishSign",
+    "approx_sign",
+    "get",
+    "magnitude_aware_sign",
+    "serialize",
+    "ste_sign",
+    "swish_sign",
+]

@@ -69,6 +69,12 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     assert merged["rows"]["reactnet"]["seeds"] == 2
     assert merged["rows"]["bitat_none"]["seeds"] == 1  # extra rows ran for seed 0 only
     assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
+    # A note (what disturbed a timing, say) joins the report and its table.
+    paper_table.annotate("mini", str(tmp_path), "seed 1 shared the CPU")
+    assert "## Notes\n\n- seed 1 shared the CPU" in (tmp_path / "mini.md").read_text()
+    kept = paper_table.summarize(paper_table.Bench("mini", merged["settings"], str(tmp_path)),
+                                 json.loads((tmp_path / "mini.json").read_text()))  # fmt: skip
+    assert kept["notes"] == ["seed 1 shared the CPU"]
 
 
 @pytest.mark.parametrize("total", [8.0, 24.0, 48.0])

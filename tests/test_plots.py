@@ -257,12 +257,26 @@ def test_layer_history_plots_each_phase_in_order(fitted):
     x, y = line(pen_ax, "train penalty")
     np.testing.assert_array_equal(x, [0, 2])  # the penalty exists in quantize phases only
     np.testing.assert_allclose(y, [history[0]["penalty"], history[2]["penalty"]])
-    for ax in (acc_ax, loss_ax, pen_ax):
+    # The fourth panel: the mean fraction of the trained binary kernels' signs that flipped.
+    flip_ax = fig.axes[3]
+    assert history[1]["flip_rate"] == {}  # the fine-tune phase trains no binarized kernel
+    x, y = line(flip_ax, "train rate")
+    np.testing.assert_array_equal(x, [0, 2])
+    np.testing.assert_allclose(
+        y, [history[0]["flip_rate"]["conv_a"], history[2]["flip_rate"]["conv_b"]]
+    )
+    for ax in (acc_ax, loss_ax, pen_ax, flip_ax):
         assert ax.get_ylabel()
     # Accuracy stays linear; loss and penalty (lam = 100 terms) span decades: log scale.
     assert [ax.get_yscale() for ax in (acc_ax, loss_ax, pen_ax)] == ["linear", "log", "log"]
-    assert pen_ax.get_xlabel()
-    assert [t.get_text() for t in pen_ax.get_xticklabels()] == ["conv_a", "conv_b"]
+    assert flip_ax.get_xlabel()
+    assert [t.get_text() for t in flip_ax.get_xticklabels()] == ["conv_a", "conv_b"]
+    # Three axes given by the caller: no flip panel.
+    import matplotlib.pyplot as plt
+
+    fig3, three = plt.subplots(3, 1)
+    plots.layer_history(result, axes=three)
+    assert len(fig3.axes) == 3 and three[2].get_xlabel()
     legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
     assert {"quantize", "finetune"} <= set(legend)
     # The history list works too; bad inputs say what they got.
