@@ -183,7 +183,7 @@ class BlockTransform(keras.layers.Layer):
         """
         out = []
         for j, kernel in enumerate(kernels):
-            alpha = ops.stop_gradient(ops.mean(ops.abs(kernel), axis=(0, 1, 2)))
+            alpha = quantizers.channel_scale(kernel)
             if self.penalty_gradient == "sign":
                 residual = ops.stop_gradient(kernel) - self.kernel_quantizer(kernel) * alpha
             else:

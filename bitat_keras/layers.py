@@ -103,8 +103,7 @@ class BinaryConv2D(keras.layers.Conv2D):
             return w
         kernel = self.kernel_quantizer(w)
         if self.kernel_scale == "per_channel":
-            alpha = ops.stop_gradient(ops.mean(ops.abs(w), axis=(0, 1, 2)))
-            kernel = kernel * alpha
+            kernel = kernel * quantizers.channel_scale(w)
         return kernel
 
     def _one_padding(self, shape):

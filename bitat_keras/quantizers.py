@@ -42,6 +42,14 @@ def _with_gradient(x, grad_fn):
     return _quantize(x)
 
 
+def channel_scale(w):
+    """alpha[o] = mean(|w|) over every axis but the last (output channels), without
+    gradient: the per-channel scale of a binary kernel (XNOR-Net, ReActNet, larq's
+    ``magnitude_aware_sign``)."""
+    w = ops.convert_to_tensor(w)
+    return ops.stop_gradient(ops.mean(ops.abs(w), axis=tuple(range(len(w.shape) - 1))))
+
+
 class Quantizer:
     """Base class: a serializable callable mapping real values to {-1, +1}."""
 
@@ -161,9 +169,7 @@ class MagnitudeAwareSign(Quantizer):
         self.clip_value = self._ste.clip_value
 
     def __call__(self, x):
-        axes = tuple(range(len(x.shape) - 1))
-        alpha = ops.stop_gradient(ops.mean(ops.abs(ops.convert_to_tensor(x)), axis=axes))
-        return self._ste(x) * alpha
+        return self._ste(x) * channel_scale(x)
 
     def get_config(self):
         return {"clip_value": self.clip_value}
@@ -212,6 +218,7 @@ __all__ = [
     "SteSign",
     "SwishSign",
     "approx_sign",
+    "channel_scale",
     "get",
     "magnitude_aware_sign",
     "serialize",
