@@ -13,45 +13,35 @@ import os
 import sys
 import time
 
+import harness  # beside this file: on sys.path when run as a script
 import keras
-import numpy as np
-import paper_table as pt  # beside this file: on sys.path when run as a script
+from latency import untie
 
 import bitat_keras as bk
 
 
-def _untie(model, seed):
-    """Random biases, BatchNorm offsets and means, as a trained net has. At initialisation
-    they are all 0, so binary-conv outputs (integer sums) hit exact ties at 0, where Keras'
-    and LCE's float rounding may take different signs: the parity check would then measure
-    ties, not the conversion."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for w in layer.weights:
-            if len(w.shape) == 1 and "variance" not in w.path:
-                w.assign(w + rng.normal(0.0, 0.1, w.shape).astype("float32"))
-
-
 def run(preset, out_dir, runs=None):
-    p = dict(pt.PRESETS[preset])
+    settings = dict(harness.PRESETS[preset])
     started = time.perf_counter()
-    b = pt.Bench(preset, p, out_dir)
+    bench = harness.Bench(preset, settings, out_dir)
     keras.utils.set_random_seed(0)
-    fp = b.model()  # initial weights: the graph, op count and sizes are those of a trained net
-    _untie(fp, seed=0)
+    fp = bench.model()  # initial weights: the graph, op count and sizes are those of a trained net
+    untie(fp, seed=0)
     bnn = bk.binarize(fp)
-    d = pt.deployment(fp, bnn, b.test[0][:1], b.train[0][:64], runs or p["latency_runs"])
+    deploy = harness.deployment(
+        fp, bnn, bench.test[0][:1], bench.train[0][:64], runs or settings["latency_runs"]
+    )
     report = {
         "preset": preset,
         "command": "python benchmarks/deployment.py " + " ".join(sys.argv[1:]),
         "backend": keras.backend.backend(),
         "cpus": os.cpu_count(),
         "params": int(fp.count_params()),
-        "input_shape": list(b.shape),
-        "deployment": d,
+        "input_shape": list(bench.shape),
+        "deployment": deploy,
         "goals": {
-            "lce_at_most_1_20_of_float_size": d["lce_over_float_size"] <= 1 / 20,
-            "lce_at_most_0.5x_float_latency_1t": d["lce_over_float_latency_1t"] <= 0.5,
+            "lce_at_most_1_20_of_float_size": deploy["lce_over_float_size"] <= 1 / 20,
+            "lce_at_most_0.5x_float_latency_1t": deploy["lce_over_float_latency_1t"] <= 0.5,
         },
         "total_seconds": time.perf_counter() - started,
     }
@@ -65,7 +55,7 @@ def run(preset, out_dir, runs=None):
         "",
         f"Command: `{report['command']}`; backend {report['backend']}; {report['cpus']} CPUs.",
         "",
-        *pt.deployment_markdown(d),
+        *harness.deployment_markdown(deploy),
         "",
         "## Goals",
         "",
@@ -78,9 +68,9 @@ def run(preset, out_dir, runs=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(pt.PRESETS), default="full")
+    parser.add_argument("--preset", choices=sorted(harness.PRESETS), default="full")
     parser.add_argument("--runs", type=int, default=None, help="latency runs per setting")
-    parser.add_argument("--out", default=os.path.join(pt.HERE, "results"))
+    parser.add_argument("--out", default=os.path.join(harness.HERE, "results"))
     args = parser.parse_args(argv)
     report = run(args.preset, args.out, args.runs)
     print(json.dumps(report["goals"]))

@@ -1,52 +1,273 @@
-"""Single-input latency of a flatbuffer: LCE's interpreter or TensorFlow's TFLite interpreter."""
+"""Single-image CPU latency of the LCE flatbuffer against float and int8 TFLite, every model
+timed through the same call.
 
+    python benchmarks/latency.py                      # three networks, ~10 min on 2 cores
+    python benchmarks/latency.py --networks demo_28x28 --runs 50
+
+Every flatbuffer (LCE, float TFLite, int8 TFLite) runs in LCE's interpreter, which executes
+TFLite's builtin ops as well as LCE's, through the same call: one input array copied in,
+``invoke``, the output copied out. Each model is timed with every interpreter option that
+applies to it (LCE's indirect BGEMM kernel for binary convs, the XNNPack delegate for float
+and int8 ops) at 1 and 2 threads, ``runs`` timed calls after ``warmup`` calls; the report
+gives the median and the 90th percentile of each setting and compares the best setting of
+each model. Weights are random (with random biases and BatchNorm offsets, so binary-conv
+outputs do not tie at 0): latency, sizes and the op graph do not depend on their values.
+
+Networks: the demo/`cpu`-preset network on 28x28x1 (Fashion-MNIST), ReActNet-A (MobileNetV1,
+width 1.0) on 32x32x3 (CIFAR) and on 224x224x3 (ImageNet, where the paper deploys). Writes
+benchmarks/results/latency.json and .md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
 import time
 
+import keras
 import numpy as np
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def _interpreter(flatbuffer, kind, threads, **options):
-    if kind == "lce":
-        from larq_compute_engine.tflite.python.interpreter import Interpreter
+# name -> reactnet_mobilenet arguments (blocks None: MobileNetV1's 13 blocks).
+NETWORKS = {
+    "demo_28x28": dict(
+        input_shape=(28, 28, 1),
+        num_classes=10,
+        blocks=((64, 1), (128, 2), (128, 1)),
+        stem_strides=2,
+    ),
+    "reactnet_a_32x32": dict(input_shape=(32, 32, 3), num_classes=100, blocks=None),
+    "reactnet_a_224x224": dict(input_shape=(224, 224, 3), num_classes=1000, blocks=None),
+}
 
-        return Interpreter(flatbuffer, num_threads=threads, **options)
-    import tensorflow as tf
+# Interpreter options tried for each kind of model; the fastest is compared.
+OPTIONS = {
+    "lce": {
+        "default": {},
+        "indirect_bgemm": {"use_indirect_bgemm": True},
+        "xnnpack": {"use_xnnpack": True},
+        "indirect_bgemm+xnnpack": {"use_indirect_bgemm": True, "use_xnnpack": True},
+    },
+    "float": {"default": {}, "xnnpack": {"use_xnnpack": True}},
+    "int8": {"default": {}, "xnnpack": {"use_xnnpack": True}},
+}
 
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
+
+def untie(model, seed):
+    """Random biases, BatchNorm offsets and means, as a trained net has. At initialisation
+    they are all 0, so binary-conv outputs (integer sums) hit exact ties at 0, where Keras'
+    and LCE's float rounding may take different signs: a parity check would then measure
+    ties, not the conversion."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for w in layer.weights:
+            if len(w.shape) == 1 and "variance" not in w.path:
+                w.assign(w + rng.normal(0.0, 0.1, w.shape).astype("float32"))
 
 
-def median_latency_ms(flatbuffer, x, *, kind, threads=1, runs=200, warmup=20, **options):
-    """Median wall time (ms) of one single-image inference, after ``warmup`` runs.
+def latency_ms(flatbuffer, x, *, threads=1, runs=200, warmup=20, **options):
+    """Median and 90th percentile (ms) of one single-input inference in LCE's interpreter.
 
     Args:
-        flatbuffer: model bytes.
-        x: one input of shape (1, ...), float32 (int8 models quantize it first).
-        kind: "lce" (larq-compute-engine interpreter) or "tflite" (TensorFlow's).
+        flatbuffer: model bytes (LCE, float or int8 TFLite; inputs stay float32).
+        x: one input of shape (1, ...), float32.
         threads: interpreter threads.
-        options: LCE interpreter options, e.g. ``use_indirect_bgemm=True``.
+        runs: timed calls after ``warmup`` untimed ones.
+        options: LCE interpreter options: ``use_indirect_bgemm``, ``use_xnnpack``.
+
+    Returns:
+        ``{"median": ms, "p90": ms}``.
     """
-    interp = _interpreter(flatbuffer, kind, threads, **options)
-    if kind == "lce":
-        run = lambda: interp.predict(x)  # noqa: E731
-    else:
-        detail = interp.get_input_details()[0]
-        xin = x
-        if detail["dtype"] != np.float32:
-            scale, zero = detail["quantization"]
-            xin = np.clip(np.round(x / scale + zero), -128, 127).astype(detail["dtype"])
-        index = detail["index"]
+    from larq_compute_engine.tflite.python.interpreter import Interpreter
 
-        def run():
-            interp.set_tensor(index, xin)
-            interp.invoke()
-
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"Expected runs >= 1 and warmup >= 0. Received: {runs}, {warmup}")
+    wrapper = Interpreter(flatbuffer, num_threads=threads, **options).interpreter
+    inputs = [np.ascontiguousarray(x, dtype=np.float32)]
     for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
+        wrapper.predict(inputs)
+    times = np.empty(runs)
+    for i in range(runs):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+        wrapper.predict(inputs)
+        times[i] = time.perf_counter() - start
+    return {"median": float(np.median(times) * 1e3), "p90": float(np.percentile(times, 90) * 1e3)}
+
+
+def compare(flatbuffers, x, *, runs=200, threads=(1, 2)):
+    """Time each ``{"lce" | "float" | "int8": bytes}`` model with each of its options.
+
+    Returns:
+        ``{"settings": {"<model>/<option>/<t>t": {"median", "p90"}}, "best": {"<model>_<t>t":
+        {"option", "median", "p90"}}}``.
+    """
+    settings, best = {}, {}
+    for kind, data in flatbuffers.items():
+        for t in threads:
+            for option, kwargs in OPTIONS[kind].items():
+                timing = latency_ms(data, x, threads=t, runs=runs, **kwargs)
+                settings[f"{kind}/{option}/{t}t"] = timing
+                key = f"{kind}_{t}t"
+                if key not in best or timing["median"] < best[key]["median"]:
+                    best[key] = {"option": option, **timing}
+    return {"settings": settings, "best": best}
+
+
+def float_work_between_binary_convs(flatbuffer):
+    """Which ops run between consecutive ``LceBconv2d`` ops (in execution order) of the
+    main subgraph, counted over all gaps; and the ops before the first and after the last."""
+    import bitat_keras as bk
+
+    ops = bk.inspect_tflite(flatbuffer)["subgraphs"][0]["operators"]
+    where = [i for i, op in enumerate(ops) if op == "LceBconv2d"]
+    between = {}
+    for a, b in zip(where, where[1:], strict=False):
+        for op in ops[a + 1 : b]:
+            between[op] = between.get(op, 0) + 1
+    return {
+        "binary_convs": len(where),
+        "between": dict(sorted(between.items(), key=lambda kv: -kv[1])),
+        "before_first": ops[: where[0]] if where else ops,
+        "after_last": ops[where[-1] + 1 :] if where else [],
+    }
+
+
+def measure(name, runs, seed=0):
+    """Build, convert, check and time one network of ``NETWORKS``."""
+    import bitat_keras as bk
+
+    spec = NETWORKS[name]
+    keras.utils.set_random_seed(seed)
+    fp = bk.models.reactnet_mobilenet(**spec, name=f"{name}_fp")
+    untie(fp, seed)
+    bnn = bk.binarize(fp)
+    rng = np.random.default_rng(seed)
+    calibration = rng.uniform(-1, 1, (32, *spec["input_shape"])).astype("float32")
+    x = calibration[:1]
+    start = time.perf_counter()
+    flatbuffers = {
+        "lce": bk.convert_keras_model(bnn),
+        "float": bk.export.convert_float_tflite(fp),
+        "int8": bk.export.convert_float_tflite(fp, int8=True, representative_data=calibration),
+    }
+    convert_seconds = time.perf_counter() - start
+    timing = compare(flatbuffers, x, runs=runs)
+    best = timing["best"]
+    return {
+        "input_shape": list(spec["input_shape"]),
+        "params": int(fp.count_params()),
+        "binary_layers": len(bk.models.eligible_layers(fp)),
+        "size_kib": {k: len(v) / 1024 for k, v in flatbuffers.items()},
+        "ops": {k: bk.inspect_tflite(v)["ops"] for k, v in flatbuffers.items()},
+        "lce_float_work": float_work_between_binary_convs(flatbuffers["lce"]),
+        "parity_max_abs_diff": float(bk.verify_tflite(bnn, flatbuffers["lce"], x)),
+        "convert_seconds": convert_seconds,
+        **timing,
+        "lce_over_float_1t": best["lce_1t"]["median"] / best["float_1t"]["median"],
+        "lce_over_int8_1t": best["lce_1t"]["median"] / best["int8_1t"]["median"],
+    }
+
+
+def markdown(report):
+    lines = [
+        "# Latency: LCE against float and int8 TFLite, one interpreter path",
+        "",
+        f"Command: `{report['command']}`; {report['machine']}; {report['runs']} timed runs "
+        "after 20 warm-up runs per setting; every model in LCE's interpreter through the same "
+        "call (input copied in, invoke, output copied out). Random weights: latency, sizes "
+        "and ops do not depend on their values. Total wall time "
+        f"{report['total_seconds'] / 60:.1f} min.",
+        "",
+        "Best option of each model, median (p90) ms per image:",
+        "",
+        "| network | params | LCE KiB | float KiB | int8 KiB | LCE 1t | float 1t | int8 1t "
+        "| LCE 2t | float 2t | int8 2t | LCE/float 1t |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in report["networks"].items():
+        best, size = result["best"], result["size_kib"]
+
+        def cell(key, best=best):
+            return f"{best[key]['median']:.2f} ({best[key]['p90']:.2f}) {best[key]['option']}"
+
+        lines.append(
+            f"| {name} | {result['params']:,} | {size['lce']:.0f} | {size['float']:.0f} | "
+            f"{size['int8']:.0f} | {cell('lce_1t')} | {cell('float_1t')} | {cell('int8_1t')} | "
+            f"{cell('lce_2t')} | {cell('float_2t')} | {cell('int8_2t')} | "
+            f"{result['lce_over_float_1t']:.2f}x |"
+        )
+    lines += ["", "## Every setting, median (p90) ms", ""]
+    for name, result in report["networks"].items():
+        settings = ", ".join(
+            f"{k} {v['median']:.2f} ({v['p90']:.2f})" for k, v in result["settings"].items()
+        )
+        lines += [f"- {name}: {settings}"]
+    lines += ["", "## Ops of the LCE flatbuffer and the float work between binary convs", ""]
+    for name, result in report["networks"].items():
+        work = result["lce_float_work"]
+        lines += [
+            f"- {name}: ops {result['ops']['lce']}; parity max |Keras - LCE| "
+            f"{result['parity_max_abs_diff']:.2e}; {work['binary_convs']} LceBconv2d of "
+            f"{result['binary_layers']} binary layers; between consecutive binary convs: "
+            f"{work['between']}; before the first: {work['before_first']}; after the last: "
+            f"{work['after_last']}",
+        ]
+    lines += ["", "## Goals", ""]
+    lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in report["goals"].items()]
+    if report.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def run(networks, runs, out_dir):
+    start = time.perf_counter()
+    report = {
+        "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.platform()}, {platform.processor() or 'cpu'}, "
+        f"{os.cpu_count()} CPUs",
+        "backend": keras.backend.backend(),
+        "runs": runs,
+        "networks": {},
+    }
+    for name in networks:
+        print(f"[latency] {name}", flush=True)
+        report["networks"][name] = measure(name, runs)
+    big = report["networks"].get("reactnet_a_224x224")
+    report["goals"] = {}
+    if big is not None:
+        report["goals"]["lce_at_most_0.5x_float_1t_at_224x224"] = big["lce_over_float_1t"] <= 0.5
+    report["total_seconds"] = time.perf_counter() - start
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, "latency")
+    with open(base + ".json", "w") as fh:
+        json.dump(report, fh, indent=1)
+    with open(base + ".md", "w") as fh:
+        fh.write(markdown(report))
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--networks", default=",".join(NETWORKS), help=f"comma list of {sorted(NETWORKS)}"
+    )
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per setting")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    names = [n for n in args.networks.split(",") if n]
+    unknown = sorted(set(names) - set(NETWORKS))
+    if unknown or not names:
+        parser.error(f"--networks must name some of {sorted(NETWORKS)}. Received: {names}")
+    if keras.backend.backend() != "tensorflow":
+        parser.error(
+            f"conversion needs KERAS_BACKEND=tensorflow. Received: {keras.backend.backend()}"
+        )
+    report = run(names, args.runs, args.out)
+    print(json.dumps(report["goals"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,11 +12,11 @@ from bitat_keras.export import lce_benchmark_commands as commands
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="an LCE .tflite flatbuffer")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--runs", type=int, default=100)
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="an LCE .tflite flatbuffer")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args(argv)
     print("\n\n".join(commands(args.model, args.threads, args.runs)))
     return 0
 

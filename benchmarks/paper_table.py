@@ -22,214 +22,45 @@ import time
 
 import keras
 import numpy as np
+from harness import (
+    HERE,
+    PRESETS,
+    Bench,
+    deployment,
+    deployment_markdown,
+    log,
+)
 
 import bitat_keras as bk
-from bitat_keras import analysis, baselines, datasets, training
+from bitat_keras import baselines, training
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ANCHOR_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
-DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
 ABLATIONS = ("none", "intra", "cross")
-
-PRESETS = {
-    # The CPU headline: 20,000 training images (5,000 more held out for validation), the
-    # full test set, 8 binary layers; chosen so that FP reaches 88 % and each BiTAT layer
-    # gets at least 300 quantize steps at 1x.
-    "cpu": dict(
-        dataset="fashion_mnist",
-        train=25000,
-        val=5000,
-        test=None,
-        width=1.0,
-        blocks=DEMO_BLOCKS,
-        stem_strides=2,
-        batch=128,
-        fp_epochs=15,
-        # ReActNet's converged epoch count (1x): on the validation split 2x gains less than
-        # 0.3 points over it (results/sweep_cpu*.md).
-        epochs=48,
-        lr=1e-3,  # the full-precision teacher
-        # Learning rates of the baselines, the best of 1e-3 ... 8e-3 on the validation split.
-        baseline_lr=dict(naive_ste=8e-3, reactnet=4e-3),
-        groups=64,
-        seeds=3,
-        budgets=(1, 2, 4),
-        extra_seeds=1,  # ablations, 4x and the paper row
-        latency_runs=200,
-    ),
-    # The anchor setting: full Fashion-MNIST, the 1.07 M-param network, 13 binary layers.
-    "full": dict(
-        dataset="fashion_mnist",
-        train=None,
-        val=5000,
-        test=None,
-        width=1.0,
-        blocks=ANCHOR_BLOCKS,
-        stem_strides=1,
-        batch=256,
-        fp_epochs=15,
-        epochs=15,
-        lr=1e-3,  # the full-precision teacher
-        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
-        groups=256,
-        seeds=3,
-        budgets=(1, 2, 4),
-        extra_seeds=1,
-        latency_runs=200,
-    ),
-    # Seconds-scale smoke test (used by the test suite so the script cannot rot).
-    "mini": dict(
-        dataset="digits",
-        train=288,
-        val=64,
-        test=96,
-        width=0.25,
-        blocks=((64, 1),),
-        stem_strides=1,
-        batch=32,
-        fp_epochs=3,
-        epochs=3,
-        lr=1e-3,  # the full-precision teacher
-        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
-        groups=8,
-        seeds=1,
-        budgets=(1, 2),
-        extra_seeds=1,
-        latency_runs=5,
-    ),
-}
-
-
-def log(msg):
-    print(f"[bench] {msg}", flush=True)
-
-
-def scaled_schedule(config, total_epochs, layers):
-    """``config`` with its phase lengths scaled (same proportions) so that the whole run
-    makes ``total_epochs`` epochs of optimizer steps: activations-first + L quantize +
-    (L - 1) fine-tune + final."""
-    cost = (
-        config.activations_first_epochs
-        + layers * config.epochs_per_layer
-        + (layers - 1) * config.finetune_epochs
-        + config.final_epochs
-    )
-    scale = total_epochs / cost
-    return {
-        "activations_first_epochs": config.activations_first_epochs * scale,
-        "epochs_per_layer": config.epochs_per_layer * scale,
-        "finetune_epochs": config.finetune_epochs * scale,
-        "final_epochs": config.final_epochs * scale,
-    }
-
-
-class Bench:
-    """Data, network and rows of one preset."""
-
-    def __init__(self, preset, settings, out_dir):
-        self.name, self.settings, self.out_dir = preset, settings, out_dir
-        s = settings
-        limit = None if s["train"] is None else s["train"]
-        x, y = datasets.load(s["dataset"], "train", limit=limit, seed=0)
-        self.val = (x[-s["val"] :], y[-s["val"] :])
-        self.train = (x[: -s["val"]], y[: -s["val"]])
-        self.test = datasets.load(s["dataset"], "test", limit=s["test"], seed=0)
-        self.shape = x.shape[1:]
-        self.classes = datasets.num_classes(s["dataset"])
-        self.rows = {}
-        self.curves = {"naive_ste": [], "reactnet": [], "bitat": []}
-        self.deploy = None
-        self.seconds = 0.0  # wall time of this invocation (run() updates it)
-        self.on_row = None  # called after every row (run() saves the report then)
-
-    def model(self):
-        s = self.settings
-        return bk.models.reactnet_mobilenet(
-            self.shape,
-            num_classes=self.classes,
-            width_multiplier=s["width"],
-            blocks=s["blocks"],
-            stem_strides=s["stem_strides"],
-        )
-
-    def accuracy(self, model, split="test"):
-        return training.accuracy(model, *(self.test if split == "test" else self.val))
-
-    def add(self, row, seed, **values):
-        self.rows.setdefault(row, {})[seed] = values
-        if self.on_row is not None:
-            self.on_row()
-        shown = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in values.items()
-            if not isinstance(v, dict | list)
-        )
-        log(f"{row} seed {seed}: {shown}")
-
-    def q_values(self, fp, bnn):
-        q = analysis.quantization_errors(fp, bnn, self.train[0][:256])
-        return {"q_orig": q["q_orig"], "q_ours": q["q_ours"]}
-
-    def bitat_config(self, seed, budget, layers, paper=False, **overrides):
-        """BiTAT's defaults (or the paper's method settings) scaled to ``budget``."""
-        s = self.settings
-        base = bk.BiTATConfig.paper() if paper else bk.BiTATConfig()
-        base = bk.BiTATConfig(**{**base.to_dict(), **overrides})
-        fields = base.to_dict()
-        fields.update(batch_size=s["batch"], groups=s["groups"], stats_images=256, seed=seed)
-        fields.update(scaled_schedule(base, budget * s["epochs"], layers))
-        return bk.BiTATConfig(**fields)
-
-    def bitat(self, fp, seed, budget, paper=False, validate=False, **overrides):
-        layers = len(bk.models.eligible_layers(fp))
-        config = self.bitat_config(seed, budget, layers, paper, **overrides)
-        keras.utils.set_random_seed(seed)
-        result = bk.progressive_fit(
-            fp, self.train, config=config, verbose=0, validation_data=self.val if validate else None
-        )
-        return result
-
-    def bitat_row(self, row, fp, seed, budget, **kwargs):
-        result = self.bitat(fp, seed, budget, **kwargs)
-        acc = self.accuracy(result.model)
-        self.add(
-            row,
-            seed,
-            accuracy=acc,
-            val_accuracy=self.accuracy(result.model, "val"),
-            seconds=result.seconds,
-            budget=budget,
-            steps=int(sum(h.get("steps", 0) for h in result.history)),
-            v_parameters=result.v_parameters,
-            phases=phase_seconds(result),
-            gradient_ratio=[h["gradient_ratio"] for h in result.history if "gradient_ratio" in h],
-            **self.q_values(fp, result.model),
-        )
-        return result, acc
 
 
 def run_seed(bench, seed, groups, overrides=None):
     """Every row of one seed (``groups``: which rows beyond the main ones; ``overrides``:
     BiTATConfig fields for the main BiTAT rows instead of the library defaults)."""
-    s = bench.settings
+    settings = bench.settings
     overrides = overrides or {}
     keras.utils.set_random_seed(seed)
     fp = bench.model()
     start = time.perf_counter()
-    training.train_full_precision(fp, bench.train, s["fp_epochs"], s["batch"], 0, s["lr"])
+    training.train_full_precision(
+        fp, bench.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
+    )
     bench.add(
         "full_precision",
         seed,
         accuracy=bench.accuracy(fp),
         val_accuracy=bench.accuracy(fp, "val"),
         seconds=time.perf_counter() - start,
-        epochs=s["fp_epochs"],
+        epochs=settings["fp_epochs"],
     )
-    steps_per_epoch = int(np.ceil(len(bench.train[0]) / s["batch"]))
-    for budget in s["budgets"]:
+    steps_per_epoch = int(np.ceil(len(bench.train[0]) / settings["batch"]))
+    for budget in settings["budgets"]:
         if budget == 4 and "budget4" not in groups:
             continue
-        epochs = budget * s["epochs"]
+        epochs = budget * settings["epochs"]
         for name, method in (
             ("naive_ste", baselines.naive_ste),
             ("reactnet", baselines.reactnet_two_step),
@@ -241,8 +72,8 @@ def run_seed(bench, seed, groups, overrides=None):
                 fp,
                 bench.train,
                 epochs=epochs,
-                learning_rate=s["baseline_lr"][name],
-                batch_size=s["batch"],
+                learning_rate=settings["baseline_lr"][name],
+                batch_size=settings["batch"],
             )
             acc = bench.accuracy(bnn)
             bench.add(
@@ -265,7 +96,11 @@ def run_seed(bench, seed, groups, overrides=None):
             bench.rows[row][seed]["history"] = slim_history(result.history)
             if keras.backend.backend() == "tensorflow" and "deploy" in groups:
                 bench.deploy = deployment(
-                    fp, result.model, bench.test[0][:1], bench.train[0][:64], s["latency_runs"]
+                    fp,
+                    result.model,
+                    bench.test[0][:1],
+                    bench.train[0][:64],
+                    settings["latency_runs"],
                 )
     if "extra" in groups:
         bench.bitat_row("bitat_paper", fp, seed, 1, paper=True)
@@ -273,62 +108,9 @@ def run_seed(bench, seed, groups, overrides=None):
             bench.bitat_row(f"bitat_{transform}", fp, seed, 1, transform=transform)
 
 
-def phase_seconds(result):
-    out = {}
-    for h in result.history:
-        for k, v in h["seconds"].items():
-            out[k] = out.get(k, 0.0) + v
-        out["compile"] = out.get("compile", 0.0) + h.get("compile_seconds", 0.0)
-    train = sum(out.get(k, 0.0) for k in ("activations", "quantize", "finetune", "final"))
-    out["overhead"] = result.seconds - train + out["compile"]
-    out["overhead_share"] = out["overhead"] / result.seconds if result.seconds else 0.0
-    return out
-
-
 def slim_history(history):
     keys = ("layer", "phase", "steps", "val_accuracy", "penalty", "gradient_ratio", "loss")
     return [{k: h.get(k) for k in keys} for h in history]
-
-
-def deployment(fp, bnn, x, calibration, runs):
-    from latency import median_latency_ms
-
-    from bitat_keras import export
-
-    lce = export.convert_keras_model(bnn)
-    flt = export.convert_float_tflite(fp)
-    int8 = export.convert_float_tflite(fp, int8=True, representative_data=calibration)
-    out = {
-        "lce_size_bytes": len(lce),
-        "float_tflite_size_bytes": len(flt),
-        "int8_tflite_size_bytes": len(int8),
-        "lce_bconv2d_ops": bk.inspect_tflite(lce)["ops"].get("LceBconv2d", 0),
-        "binary_layers": len(bk.models.eligible_layers(bnn)),
-        "parity_max_abs_diff": bk.verify_tflite(bnn, lce, x),
-        "latency_ms": {},
-    }
-    for threads in (1, 2):
-        lat = out["latency_ms"]
-        lat[f"float_tflite_{threads}t"] = median_latency_ms(
-            flt, x, kind="tflite", threads=threads, runs=runs
-        )
-        lat[f"int8_tflite_{threads}t"] = median_latency_ms(
-            int8, x, kind="tflite", threads=threads, runs=runs
-        )
-        lat[f"lce_default_{threads}t"] = median_latency_ms(
-            lce, x, kind="lce", threads=threads, runs=runs
-        )
-        lat[f"lce_indirect_bgemm_{threads}t"] = median_latency_ms(
-            lce, x, kind="lce", threads=threads, runs=runs, use_indirect_bgemm=True
-        )
-    lat = out["latency_ms"]
-    best = min(lat["lce_default_1t"], lat["lce_indirect_bgemm_1t"])
-    out["best_lce_option_1t"] = (
-        "use_indirect_bgemm=True" if best == lat["lce_indirect_bgemm_1t"] else "default"
-    )
-    out["lce_over_float_latency_1t"] = best / lat["float_tflite_1t"]
-    out["lce_over_float_size"] = out["lce_size_bytes"] / out["float_tflite_size_bytes"]
-    return out
 
 
 def summarize(bench, previous=None):
@@ -364,10 +146,10 @@ def summarize(bench, previous=None):
             "q_ours_mean": _mean(per_seed, "q_ours"),
             "per_seed": {str(k): v for k, v in sorted(per_seed.items())},
         }
-    s = bench.settings
+    settings = bench.settings
     report = {
         "preset": bench.name,
-        "settings": s,
+        "settings": settings,
         "command": "python benchmarks/paper_table.py " + " ".join(sys.argv[1:]),
         "machine": {
             "platform": platform.platform(),
@@ -444,16 +226,17 @@ ROW_ORDER = [
 ]
 
 
-def markdown(r):
+def markdown(report):
     lines = [
-        f"# Paper table, preset `{r['preset']}`",
+        f"# Paper table, preset `{report['preset']}`",
         "",
-        f"Command: `{r['command']}` (seeds run one by one and merged)  ",
-        f"Backend: {r['backend']} (Keras {r['keras']}); "
-        f"machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs; "
-        f"data: {r['settings']['dataset']} {r['train_size']} train / {r['val_size']} "
-        f"validation (held out of the training images) / {r['test_size']} test; "
-        f"total wall time {r['total_seconds'] / 60:.1f} min.",
+        f"Command: `{report['command']}` (seeds run one by one and merged)  ",
+        f"Backend: {report['backend']} (Keras {report['keras']}); "
+        f"machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs; "
+        f"data: {report['settings']['dataset']} {report['train_size']} train / "
+        f"{report['val_size']} validation (held out of the training images) / "
+        f"{report['test_size']} test; "
+        f"total wall time {report['total_seconds'] / 60:.1f} min.",
         "",
         "Test accuracy (validation accuracy chose every setting). Budgets: 1x is ReActNet's "
         "time at its converged epoch count; `train s` is the measured wall time.",
@@ -463,7 +246,7 @@ def markdown(r):
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in ROW_ORDER:
-        row = r["rows"].get(name)
+        row = report["rows"].get(name)
         if row is None:
             continue
         v = row["v_parameters"]
@@ -474,46 +257,21 @@ def markdown(r):
             f"{row['accuracy_max']:.2%}) | {row['seeds']} | {row['seconds_mean']:.0f} | "
             f"{row['steps']} | {vtxt} | {q(row['q_orig_mean'])} | {q(row['q_ours_mean'])} |"
         )
-    agg = r["rows"].get("bitat_aggregated", {}).get("per_seed", {}).get("0", {}).get("phases")
+    agg = report["rows"].get("bitat_aggregated", {}).get("per_seed", {}).get("0", {}).get("phases")
     if agg:
         lines += ["", "## BiTAT seconds by kind of work (1x, seed 0)", ""]
         lines.append(", ".join(f"{k} {v:.2f}" for k, v in agg.items()))
-    if r["deployment"]:
+    if report["deployment"]:
         lines += ["", "## Deployment (seed 0; FP model vs BiTAT model)", ""]
-        lines += deployment_markdown(r["deployment"])
+        lines += deployment_markdown(report["deployment"])
     lines += ["", "## Goals", ""]
-    lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in r["goals"].items()]
-    if r.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in r["notes"]]
+    lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in report["goals"].items()]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
-def deployment_markdown(d):
-    """The deployment lines (sizes, op count, parity, latency table) of ``deployment()``."""
-    lines = [
-        f"- LCE flatbuffer {d['lce_size_bytes'] / 1024:.1f} KiB; float TFLite "
-        f"{d['float_tflite_size_bytes'] / 1024:.1f} KiB; int8 TFLite "
-        f"{d['int8_tflite_size_bytes'] / 1024:.1f} KiB (LCE/float = "
-        f"{d['lce_over_float_size']:.3f})",
-        f"- LceBconv2d ops: {d['lce_bconv2d_ops']} of {d['binary_layers']} binary "
-        f"layers; parity max |Keras - LCE| = {d['parity_max_abs_diff']:.2e}",
-        "- single-image latency on this CPU, median (ms):",
-        "",
-        "| model | 1 thread | 2 threads |",
-        "|---|---|---|",
-    ]
-    for key in ("float_tflite", "int8_tflite", "lce_default", "lce_indirect_bgemm"):
-        lat = d["latency_ms"]
-        lines.append(f"| {key} | {lat[key + '_1t']:.3f} | {lat[key + '_2t']:.3f} |")
-    lines += [
-        "",
-        f"Best LCE option: {d['best_lce_option_1t']}; LCE/float latency at 1 "
-        f"thread: {d['lce_over_float_latency_1t']:.2f}x.",
-    ]
-    return lines
-
-
-def plot(r, path):
+def plot(report, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -526,7 +284,7 @@ def plot(r, path):
         "bitat": ("BiTAT (defaults)", "s"),
     }
     for name, (label, marker) in labels.items():
-        points = sorted(r["curves"].get(name, []))
+        points = sorted(report["curves"].get(name, []))
         if not points:
             continue
         budgets = sorted({p[0] for p in points})
@@ -537,15 +295,15 @@ def plot(r, path):
             [p[2] for p in points], [100 * p[3] for p in points], s=12, color=line.get_color()
         )
     ax.axhline(
-        100 * r["rows"]["full_precision"]["accuracy_mean"],
+        100 * report["rows"]["full_precision"]["accuracy_mean"],
         color="gray",
         ls="--",
         label="full precision",
     )
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
-    budgets = "/".join(f"{b}x" for b in r["settings"]["budgets"])
-    ax.set_title(f"Accuracy vs wall time ({r['preset']} preset, {budgets}; means and seeds)")
+    budgets = "/".join(f"{b}x" for b in report["settings"]["budgets"])
+    ax.set_title(f"Accuracy vs wall time ({report['preset']} preset, {budgets}; means and seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
+import harness  # beside this file: on sys.path when run as a script
 import keras
-import paper_table as pt  # beside this file: on sys.path when run as a script
 
 from bitat_keras import baselines, training
 
@@ -89,6 +89,8 @@ VARIANTS = {
     "none/q+long-final/lr4e-3/2x": _variant("none", "q+long-final", lr=4e-3, budget=2),
     "agg/q+longer-final/lr4e-3/2x": _variant(schedule="q+longer-final", lr=4e-3, budget=2),
     "agg/q+long-final/lr8e-3/2x": _variant(schedule="q+long-final", lr=8e-3, budget=2),
+    # Both best learning rates sat at the top of the grid: one step further (fourth sweep).
+    "agg/q+long-final/lr16e-3/2x": _variant(schedule="q+long-final", lr=16e-3, budget=2),
 }
 
 # Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).
@@ -106,6 +108,7 @@ BASELINES = {
     "naive_ste_lr0.008_2x": ("naive_ste", 8e-3, 2),
     "reactnet_lr0.004_2x": ("reactnet", 4e-3, 2),
     "reactnet_lr0.008_2x": ("reactnet", 8e-3, 2),
+    "naive_ste_lr0.016_2x": ("naive_ste", 16e-3, 2),
 }
 METHODS = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
 
@@ -113,24 +116,30 @@ METHODS = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_
 def full_precision(bench, path):
     """The seed-0 full-precision model: loaded from ``path`` when it exists, else trained
     and saved there (so parallel rows share one teacher)."""
-    s = bench.settings
+    settings = bench.settings
     keras.utils.set_random_seed(0)
     fp = bench.model()
     if os.path.exists(path):
         fp.load_weights(path)
     else:
-        training.train_full_precision(fp, bench.train, s["fp_epochs"], s["batch"], 0, s["lr"])
+        training.train_full_precision(
+            fp, bench.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
+        )
         fp.save_weights(path)
     return fp
 
 
 def run_row(bench, fp, name):
-    s = bench.settings
+    settings = bench.settings
     if name in BASELINES:
         method, lr, budget = BASELINES[name]
         keras.utils.set_random_seed(0)
         bnn, seconds = METHODS[method](
-            fp, bench.train, epochs=budget * s["epochs"], learning_rate=lr, batch_size=s["batch"]
+            fp,
+            bench.train,
+            epochs=budget * settings["epochs"],
+            learning_rate=lr,
+            batch_size=settings["batch"],
         )
         return {"val_accuracy": bench.accuracy(bnn, "val"), "seconds": seconds, "budget": budget}
     overrides = dict(VARIANTS[name])
@@ -150,7 +159,7 @@ def run_row(bench, fp, name):
 
 def settings_of(preset, epochs=None):
     """The preset's settings, with ``epochs`` (the 1x budget) replaced when given."""
-    settings = dict(pt.PRESETS[preset])
+    settings = dict(harness.PRESETS[preset])
     if epochs is not None:
         settings["epochs"] = epochs
     return settings
@@ -158,7 +167,7 @@ def settings_of(preset, epochs=None):
 
 def run(preset, out_dir, names=None, jobs=1, epochs=None):
     settings = settings_of(preset, epochs)
-    bench = pt.Bench(preset, settings, out_dir)
+    bench = harness.Bench(preset, settings, out_dir)
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     fp_path = os.path.join(out_dir, f"sweep_{preset}_fp.weights.h5")
@@ -166,12 +175,12 @@ def run(preset, out_dir, names=None, jobs=1, epochs=None):
         os.remove(fp_path)  # a sweep trains its own teacher
     fp = full_precision(bench, fp_path)
     rows = {"full_precision": {"val_accuracy": bench.accuracy(fp, "val")}}
-    pt.log(f"full precision: val {rows['full_precision']['val_accuracy']:.4f}")
+    harness.log(f"full precision: val {rows['full_precision']['val_accuracy']:.4f}")
     names = list(names or [*BASELINES, *VARIANTS])
 
     def done(name, row):
         rows[name] = row
-        pt.log(f"{name}: val {row['val_accuracy']:.4f} in {row['seconds']:.0f} s")
+        harness.log(f"{name}: val {row['val_accuracy']:.4f} in {row['seconds']:.0f} s")
         write(preset, out_dir, rows, settings, time.perf_counter() - started, jobs)
 
     if jobs == 1:
@@ -205,7 +214,7 @@ def _parallel(preset, out_dir, names, jobs, epochs):
             log.close()
             del running[name]
             if proc.returncode:
-                pt.log(f"{name} failed (exit {proc.returncode}); see {part}.log")
+                harness.log(f"{name} failed (exit {proc.returncode}); see {part}.log")
                 continue
             with open(part) as f:
                 yield name, json.load(f)
@@ -257,8 +266,8 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(pt.PRESETS), default="cpu")
-    parser.add_argument("--out", default=os.path.join(pt.HERE, "results"))
+    parser.add_argument("--preset", choices=sorted(harness.PRESETS), default="cpu")
+    parser.add_argument("--out", default=os.path.join(harness.HERE, "results"))
     parser.add_argument(
         "--rows", default=None, help="comma list of VARIANTS and BASELINES names (default: all)"
     )
@@ -268,7 +277,7 @@ def main(argv=None):
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # one row of a parallel sweep, on the parent's saved teacher
-        bench = pt.Bench(args.preset, settings_of(args.preset, args.epochs), args.out)
+        bench = harness.Bench(args.preset, settings_of(args.preset, args.epochs), args.out)
         fp = full_precision(bench, os.path.join(args.out, f"sweep_{args.preset}_fp.weights.h5"))
         row = run_row(bench, fp, args.child)
         with open(args.part, "w") as f:

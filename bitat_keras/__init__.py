@@ -9,6 +9,7 @@ from bitat_keras import (
     models,
     quantizers,
     regularizers,
+    trained_block,
     training,
     transform,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "progressive_fit",
     "quantizers",
     "regularizers",
+    "trained_block",
     "training",
     "transform",
 ]

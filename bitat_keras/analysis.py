@@ -8,6 +8,7 @@ from bitat_keras import transform
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import eligible_layers
 from bitat_keras.statistics import patch_rows
+from bitat_keras.trained_block import partition
 
 
 def _as_matrix(w):
@@ -77,12 +78,10 @@ def v_parameter_count(model, groups=256, blocks="auto"):
     Example:
         >>> v_parameter_count(bk.models.reactnet_mobilenet())["ratio"]  # doctest: +SKIP
     """
-    from bitat_keras.progressive import _make_blocks
-
     names = eligible_layers(model)
     dims = {n: int(np.prod(model.get_layer(n).kernel.shape[:3])) for n in names}
     full = agg = 0
-    for block in _make_blocks(model, names, blocks):
+    for block in partition({n: model.get_layer(n).kernel_size for n in names}, blocks):
         full += sum(dims[n] for n in block) ** 2
         agg += sum(min(dims[n], groups) for n in block) ** 2
     return {"full": full, "aggregated": agg, "ratio": agg / full if full else 0.0}

@@ -126,6 +126,34 @@ class BlockTransform(keras.layers.Layer):
                 shape=np.shape(v), initializer=keras.initializers.Constant(v), name="v"
             )
 
+    @classmethod
+    def sized_for(cls, dims, config, name="block_transform"):
+        """An empty block (no member joined yet) for layers with input dimensions ``dims``
+        (``{layer name: d}``, bottom to top): each layer's slot is ``config.groups`` wide
+        where ``config.transform`` aggregates and d exceeds it, else d. The other settings
+        (lam, gamma, reg_weight, penalty_gradient, kernel_quantizer) come from ``config``.
+        """
+        members = []
+        for layer, d in dims.items():
+            reduce = config.transform in ("aggregated", "filter") and d > config.groups
+            k = config.groups if reduce else d
+            members.append((layer, np.zeros(d, "int32") if reduce else None, k))
+        size = sum(k for _, _, k in members)
+        return cls(
+            np.zeros(size),
+            np.zeros((size, size)),
+            0.0,
+            members,
+            config.lam,
+            config.gamma,
+            config.reg_weight,
+            use_transform=config.transform != "none",
+            penalty_gradient=config.penalty_gradient,
+            kernel_quantizer=config.kernel_quantizer,
+            active=0,
+            name=name,
+        )
+
     # -- Eq. 11: a member joins the block ----------------------------------------------------
     def join(self, j, s_new, v_new, ids=None):
         """Switch member ``j`` on: its slot of s and the diagonal block of V get the PCA

@@ -17,16 +17,21 @@ The returned model is rebuilt from plain ``BinaryConv2D`` layers (``clean_model`
 converts to LCE exactly like any other binary model.
 """
 
+import math
+import time
+
 import keras
 import numpy as np
 from keras import ops
 
+from bitat_keras import training
 from bitat_keras.distill import per_replica
 from bitat_keras.layers import BinaryConv2D
 
 __all__ = [
     "GatedBinaryConv2D",
     "PhaseAdam",
+    "PhaseMonitor",
     "PhaseTrainer",
     "clean_model",
     "gated_model",
@@ -256,6 +261,28 @@ class PhaseTrainer(keras.Model):
         """(penalty, reg, l1) of block ``index`` for its members' current kernels."""
         return self.blocks[index].terms([m.kernel for m in self.member_layers[index]])
 
+    def normalize_penalty(self, index):
+        """Eq. 13's penalty of block ``index`` divided by ||diag(s) V^T P W||^2 of its
+        members' current kernels: the relative error of the block's outputs."""
+        kernels = [m.kernel for m in self.member_layers[index]]
+        energy = numpy_float(self.blocks[index].output_energy(kernels))
+        self.blocks[index].inv_energy.assign(1.0 / max(energy, 1e-12))
+
+    def gradient_ratio(self, index, kernel, x, y):
+        """||d penalty / d W|| / ||d loss / d W|| of block ``index``'s penalty (lam
+        included) and the task loss on the batch ``(x, y)``, for the kernel ``W``."""
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+
+        def task():
+            return self.compute_loss(x, y, self(x), training=False)
+
+        def penalty():
+            return self.block_terms(index)[0]
+
+        task_norm = np.linalg.norm(training.gradient(task, kernel))
+        penalty_norm = np.linalg.norm(training.gradient(penalty, kernel))
+        return float(penalty_norm / max(task_norm, 1e-30))
+
     # -- loss --------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
@@ -274,6 +301,44 @@ class PhaseTrainer(keras.Model):
             )
             loss = loss + per_replica(extra)
         return loss
+
+
+class PhaseMonitor(keras.callbacks.Callback):
+    """Stops a phase at the first non-finite batch loss and remembers where (``bad``);
+    times batches so that a phase's compile time can be told apart from its training time.
+
+    Example:
+        >>> monitor = PhaseMonitor()
+        >>> trainer.fit(x, y, callbacks=[monitor])  # doctest: +SKIP
+        >>> monitor.bad, monitor.compile_seconds()  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.bad = None
+        self.batch_seconds = []
+        self._last = None
+
+    def on_train_begin(self, logs=None):
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.batch_seconds.append(now - self._last)
+        self._last = now
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad = (batch, float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last = time.perf_counter()  # exclude end-of-epoch work from the next batch
+
+    def compile_seconds(self):
+        """First batch (trace/compile + one step) minus a typical step."""
+        if len(self.batch_seconds) < 2:
+            return 0.0
+        return max(self.batch_seconds[0] - float(np.median(self.batch_seconds[1:])), 0.0)
 
 
 def weights_above(net, position, boundary):

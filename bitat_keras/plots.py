@@ -16,6 +16,7 @@ Example:
     >>> plots.save_all(result, "figures", fp_model=fp, images=x[:256])  # doctest: +SKIP
 """
 
+import collections.abc
 import math
 import os
 import warnings
@@ -109,17 +110,18 @@ def _block_transform(result_or_transform, block):
                 f"has {len(transforms)} blocks: {[t['layers'] for t in transforms]})."
             )
         t = transforms[block]
-    elif isinstance(result_or_transform, dict):
+    elif isinstance(result_or_transform, collections.abc.Mapping):
         t = result_or_transform
         missing = [key for key in ("layers", "s", "v", "ks") if key not in t]
         if missing:
             raise ValueError(
-                f"The transform dict lacks {missing}. Received keys {sorted(t)}, expected "
+                f"The transform block lacks {missing}. Received keys {sorted(t)}, expected "
                 "those of result.transforms[i]: layers, s, v, ids, ks, dims."
             )
     else:
         raise TypeError(
-            "`result_or_transform` must be a BiTATResult or one of its `transforms` dicts. "
+            "`result_or_transform` must be a BiTATResult or one block of its `transforms` (a "
+            "TrainedBlock, or a mapping with the same keys). "
             f"Received: {type(result_or_transform).__name__}"
         )
     if t["s"] is None or t["v"] is None:
@@ -155,7 +157,8 @@ def dependency_heatmaps(
     start at zero (Eq. 11) and are learned during the quantization phases.
 
     Args:
-        result_or_transform: a ``BiTATResult`` or one dict of ``result.transforms``.
+        result_or_transform: a ``BiTATResult`` or one block of ``result.transforms``
+            (a ``TrainedBlock``, or a dict with its keys).
         block: index of the block when given a result (ignored for a dict).
         sort: if True, order the components inside each layer by increasing s, as the
             paper draws Fig. 6; otherwise keep the stored order (the PCA initialisation

@@ -3,9 +3,9 @@
 Usage: python converters/keras_to_lce.py MODEL.keras -o MODEL.tflite [--no-check]
        [--no-strict] [--samples N] [--seed S] [--float-tflite PATH] [--json]
 
-Same as ``bitat-keras convert``; see ``bitat_keras.converter``.
+Same as ``bitat-keras convert``; see ``bitat_keras.cli``.
 """
 
-from bitat_keras.converter import main
+from bitat_keras.cli import convert
 
-raise SystemExit(main())
+raise SystemExit(convert())

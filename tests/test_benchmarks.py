@@ -59,10 +59,11 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     )
     deploy = report["deployment"]
     assert deploy["lce_bconv2d_ops"] == deploy["binary_layers"] == 3
-    assert deploy["latency_ms"]["lce_indirect_bgemm_1t"] > 0
+    assert deploy["latency_ms"]["lce_1t"]["median"] > 0
     assert "| bitat_aggregated |" in (tmp_path / "mini.md").read_text()
     assert (tmp_path / "mini_accuracy_vs_cost.png").stat().st_size > 1000
     # A second seed merges into the same report instead of replacing it.
+    import harness
     import paper_table
 
     merged = paper_table.run("mini", str(tmp_path), seeds=[1], groups=())
@@ -72,14 +73,14 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     # A note (what disturbed a timing, say) joins the report and its table.
     paper_table.annotate("mini", str(tmp_path), "seed 1 shared the CPU")
     assert "## Notes\n\n- seed 1 shared the CPU" in (tmp_path / "mini.md").read_text()
-    kept = paper_table.summarize(paper_table.Bench("mini", merged["settings"], str(tmp_path)),
+    kept = paper_table.summarize(harness.Bench("mini", merged["settings"], str(tmp_path)),
                                  json.loads((tmp_path / "mini.json").read_text()))  # fmt: skip
     assert kept["notes"] == ["seed 1 shared the CPU"]
 
 
 @pytest.mark.parametrize("total", [8.0, 24.0, 48.0])
 def test_scaled_schedule_spends_the_budget_in_the_defaults_proportions(total):
-    from paper_table import scaled_schedule
+    from harness import scaled_schedule
 
     config = bk.BiTATConfig()
     layers = 8
@@ -111,12 +112,13 @@ def test_deployment_script_reports_sizes_ops_and_latency_of_a_preset_network(tmp
     assert d["lce_bconv2d_ops"] == d["binary_layers"] == 3
     assert d["parity_max_abs_diff"] < 1e-3
     assert d["lce_over_float_size"] == d["lce_size_bytes"] / d["float_tflite_size_bytes"]
-    assert all(v > 0 for v in d["latency_ms"].values())
+    assert all(v["p90"] >= v["median"] > 0 for v in d["latency_settings_ms"].values())
+    assert set(d["latency_ms"]) == {f"{k}_{t}t" for k in ("lce", "float", "int8") for t in (1, 2)}
     assert set(report["goals"]) == {
         "lce_at_most_1_20_of_float_size",
         "lce_at_most_0.5x_float_latency_1t",
     }
-    assert "| lce_indirect_bgemm |" in (tmp_path / "deployment_mini.md").read_text()
+    assert "| lce |" in (tmp_path / "deployment_mini.md").read_text()
 
 
 def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_path):
@@ -148,3 +150,25 @@ def test_parallel_sweep_merges_child_rows_on_one_teacher(tmp_path):
     serial = sweep.run("mini", str(tmp_path / "ser"), names)
     for name in names:
         assert report["rows"][name]["val_accuracy"] == serial["rows"][name]["val_accuracy"]
+
+
+def test_latency_script_times_every_model_through_one_call(tmp_path):
+    import latency
+
+    assert latency.main(["--networks", "demo_28x28", "--runs", "3", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    result = report["networks"]["demo_28x28"]
+    assert result["binary_layers"] == 8 and result["ops"]["lce"]["LceBconv2d"] == 8
+    assert result["lce_float_work"]["binary_convs"] == 8
+    assert "LceBconv2d" not in result["lce_float_work"]["between"]
+    assert result["parity_max_abs_diff"] < 1e-3
+    # every option of every model at 1 and 2 threads; the best of each is the fastest
+    assert len(result["settings"]) == 2 * (4 + 2 + 2)
+    for key, best in result["best"].items():
+        kind, threads = key.rsplit("_", 1)
+        settings = result["settings"].items()
+        options = [v for k, v in settings if k.startswith(f"{kind}/") and k.endswith(threads)]
+        assert best["median"] == min(v["median"] for v in options)
+        assert best["p90"] >= best["median"] > 0
+    assert report["goals"] == {}  # the 224x224 goal needs that network
+    assert "| demo_28x28 |" in (tmp_path / "latency.md").read_text()

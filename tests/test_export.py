@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras import converter
+from bitat_keras import cli
 from bitat_keras import export as ex
+from bitat_keras.export import convert as ex_convert
 from bitat_keras.layers import BinaryConv2D
 
 pytestmark = pytest.mark.skipif(
@@ -179,7 +180,7 @@ def test_fallback_route_when_keras_export_fails(monkeypatch):
     def broken_export(model, directory):
         raise RuntimeError("simulated export failure")
 
-    monkeypatch.setattr(ex, "_export_with_keras", broken_export)
+    monkeypatch.setattr(ex_convert, "_export_with_keras", broken_export)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = ex.convert_keras_model(model, strict=False)
@@ -352,7 +353,7 @@ def test_verify_tflite_fixed_batch_and_mismatch(tmp_path):
     model = keras.Model(inputs, keras.layers.BatchNormalization()(x))
     randomize(model)
     # Conversions get batch 1; build a batch-2 flatbuffer through the frozen-function route.
-    ex._export_with_tf_function(model, str(tmp_path / "saved"), batch_size=2)
+    ex_convert._export_with_tf_function(model, str(tmp_path / "saved"), batch_size=2)
     data = lce.convert_saved_model(str(tmp_path / "saved"))
     info = ex.inspect_tflite(data)
     assert info["subgraphs"][0]["inputs"] == [[2, 6, 6, 4]]
@@ -427,7 +428,7 @@ def test_cli_main_converts(small_keras_file, tmp_path, capsys):
     out = tmp_path / "cli.tflite"
     float_out = tmp_path / "cli_float.tflite"
     argv = [str(small_keras_file), "-o", str(out), "--samples", "2"]
-    assert converter.main([*argv, "--float-tflite", str(float_out)]) == 0
+    assert cli.convert([*argv, "--float-tflite", str(float_out)]) == 0
     text = capsys.readouterr().out
     assert out.exists() and float_out.exists()
     assert "LceBconv2d" in text and "Parity on 2 random inputs" in text and "[OK]" in text
@@ -437,7 +438,7 @@ def test_cli_main_converts(small_keras_file, tmp_path, capsys):
 
 def test_cli_no_check(small_keras_file, tmp_path, capsys):
     out = tmp_path / "nocheck.tflite"
-    assert converter.main([str(small_keras_file), "-o", str(out), "--no-check"]) == 0
+    assert cli.convert([str(small_keras_file), "-o", str(out), "--no-check"]) == 0
     assert "Parity check: skipped" in capsys.readouterr().out
 
 
@@ -450,14 +451,14 @@ def _error_line(capsys):
 
 def test_cli_missing_input(tmp_path, capsys):
     missing = tmp_path / "nope.keras"
-    assert converter.main([str(missing), "-o", str(tmp_path / "x.tflite")]) == 2
+    assert cli.convert([str(missing), "-o", str(tmp_path / "x.tflite")]) == 2
     line = _error_line(capsys)
     assert "not found" in line and "nope.keras" in line
 
 
 def test_cli_missing_output_dir(small_keras_file, tmp_path, capsys):
     out = tmp_path / "missing_dir" / "x.tflite"
-    assert converter.main([str(small_keras_file), "-o", str(out)]) == 2
+    assert cli.convert([str(small_keras_file), "-o", str(out)]) == 2
     assert "missing_dir" in _error_line(capsys) and not out.parent.exists()
 
 
@@ -467,7 +468,7 @@ def test_cli_refuses_unsafe_lambda_model(tmp_path, capsys):
     path = tmp_path / "lambda.keras"
     keras.Model(inputs, outputs).save(path)
     out = tmp_path / "lambda.tflite"
-    assert converter.main([str(path), "-o", str(out)]) == 2
+    assert cli.convert([str(path), "-o", str(out)]) == 2
     line = _error_line(capsys)
     assert "safe_mode=False" in line and "Refusing" in line
     assert not out.exists()
@@ -479,19 +480,19 @@ def test_cli_strict_failure_and_no_strict(tmp_path, capsys):
     path = tmp_path / "grouped.keras"
     randomize(grouped_model()).save(path)
     out = tmp_path / "grouped.tflite"
-    assert converter.main([str(path), "-o", str(out), "--samples", "2"]) == 2
+    assert cli.convert([str(path), "-o", str(out), "--samples", "2"]) == 2
     assert "grouped_bconv" in _error_line(capsys)
     assert not out.exists()
     with pytest.warns(ex.ConversionWarning, match="grouped_bconv"):
-        assert converter.main([str(path), "-o", str(out), "--no-strict", "--samples", "2"]) == 0
+        assert cli.convert([str(path), "-o", str(out), "--no-strict", "--samples", "2"]) == 0
     assert "1 LceBconv2d ops for 2 binary" in capsys.readouterr().out
 
 
 def test_cli_rejects_non_keras_file_and_bad_args(tmp_path, capsys):
     path = tmp_path / "model.h5"
     path.write_bytes(b"\x89HDF")
-    assert converter.main([str(path), "-o", str(tmp_path / "x.tflite")]) == 2
+    assert cli.convert([str(path), "-o", str(tmp_path / "x.tflite")]) == 2
     assert ".keras" in _error_line(capsys)
-    assert converter.main([]) == 2  # argparse usage error
-    assert converter.main(["--help"]) == 0
+    assert cli.convert([]) == 2  # argparse usage error
+    assert cli.convert(["--help"]) == 0
     assert "MODEL.keras" in capsys.readouterr().out

@@ -230,7 +230,7 @@ def test_kmeans_groups_reject_bad_input(fitted):
     )
     with pytest.raises(ValueError, match="'conv_b' has no k-means groups.*\\['conv_a'\\]"):
         plots.kmeans_groups(identity, "conv_b")
-    with pytest.raises(TypeError, match="BiTATResult.*Received: dict"):
+    with pytest.raises(TypeError, match="BiTATResult.*Received: TrainedBlock"):
         plots.kmeans_groups(result.transforms[0], "conv_a")
     with pytest.raises(ValueError, match="channels=0, expected an integer >= 1"):
         plots.kmeans_groups(result, "conv_a", channels=0)

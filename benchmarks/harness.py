@@ -1,0 +1,265 @@
+"""What every benchmark script shares: the presets (data, network, budgets), the ``Bench``
+runner (data splits, the network, BiTAT rows scaled to a budget), and the deployment
+measurements (sizes, ops, parity, latency). Imported as a module by ``paper_table.py``,
+``sweep.py`` and ``deployment.py`` (pytest puts ``benchmarks/`` on the path; a script run
+from ``benchmarks/`` finds it beside itself)."""
+
+import os
+
+import keras
+
+import bitat_keras as bk
+from bitat_keras import analysis, datasets, training
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ANCHOR_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
+DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
+PRESETS = {
+    # The CPU headline: 20,000 training images (5,000 more held out for validation), the
+    # full test set, 8 binary layers; chosen so that FP reaches 88 % and each BiTAT layer
+    # gets at least 300 quantize steps at 1x.
+    "cpu": dict(
+        dataset="fashion_mnist",
+        train=25000,
+        val=5000,
+        test=None,
+        width=1.0,
+        blocks=DEMO_BLOCKS,
+        stem_strides=2,
+        batch=128,
+        fp_epochs=15,
+        # ReActNet's converged epoch count (1x): on the validation split 2x gains less than
+        # 0.3 points over it (results/sweep_cpu*.md).
+        epochs=48,
+        lr=1e-3,  # the full-precision teacher
+        # Learning rates of the baselines, the best of 1e-3 ... 8e-3 on the validation split.
+        baseline_lr=dict(naive_ste=8e-3, reactnet=4e-3),
+        groups=64,
+        seeds=3,
+        budgets=(1, 2, 4),
+        extra_seeds=1,  # ablations, 4x and the paper row
+        latency_runs=200,
+    ),
+    # The anchor setting: full Fashion-MNIST, the 1.07 M-param network, 13 binary layers.
+    "full": dict(
+        dataset="fashion_mnist",
+        train=None,
+        val=5000,
+        test=None,
+        width=1.0,
+        blocks=ANCHOR_BLOCKS,
+        stem_strides=1,
+        batch=256,
+        fp_epochs=15,
+        epochs=15,
+        lr=1e-3,  # the full-precision teacher
+        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
+        groups=256,
+        seeds=3,
+        budgets=(1, 2, 4),
+        extra_seeds=1,
+        latency_runs=200,
+    ),
+    # Seconds-scale smoke test (used by the test suite so the script cannot rot).
+    "mini": dict(
+        dataset="digits",
+        train=288,
+        val=64,
+        test=96,
+        width=0.25,
+        blocks=((64, 1),),
+        stem_strides=1,
+        batch=32,
+        fp_epochs=3,
+        epochs=3,
+        lr=1e-3,  # the full-precision teacher
+        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
+        groups=8,
+        seeds=1,
+        budgets=(1, 2),
+        extra_seeds=1,
+        latency_runs=5,
+    ),
+}
+
+
+def log(msg):
+    print(f"[bench] {msg}", flush=True)
+
+
+def scaled_schedule(config, total_epochs, layers):
+    """``config`` with its phase lengths scaled (same proportions) so that the whole run
+    makes ``total_epochs`` epochs of optimizer steps: activations-first + L quantize +
+    (L - 1) fine-tune + final."""
+    cost = (
+        config.activations_first_epochs
+        + layers * config.epochs_per_layer
+        + (layers - 1) * config.finetune_epochs
+        + config.final_epochs
+    )
+    scale = total_epochs / cost
+    return {
+        "activations_first_epochs": config.activations_first_epochs * scale,
+        "epochs_per_layer": config.epochs_per_layer * scale,
+        "finetune_epochs": config.finetune_epochs * scale,
+        "final_epochs": config.final_epochs * scale,
+    }
+
+
+class Bench:
+    """Data, network and rows of one preset."""
+
+    def __init__(self, preset, settings, out_dir):
+        self.name, self.settings, self.out_dir = preset, settings, out_dir
+        limit = None if settings["train"] is None else settings["train"]
+        x, y = datasets.load(settings["dataset"], "train", limit=limit, seed=0)
+        self.val = (x[-settings["val"] :], y[-settings["val"] :])
+        self.train = (x[: -settings["val"]], y[: -settings["val"]])
+        self.test = datasets.load(settings["dataset"], "test", limit=settings["test"], seed=0)
+        self.shape = x.shape[1:]
+        self.classes = datasets.num_classes(settings["dataset"])
+        self.rows = {}
+        self.curves = {"naive_ste": [], "reactnet": [], "bitat": []}
+        self.deploy = None
+        self.seconds = 0.0  # wall time of this invocation (run() updates it)
+        self.on_row = None  # called after every row (run() saves the report then)
+
+    def model(self):
+        settings = self.settings
+        return bk.models.reactnet_mobilenet(
+            self.shape,
+            num_classes=self.classes,
+            width_multiplier=settings["width"],
+            blocks=settings["blocks"],
+            stem_strides=settings["stem_strides"],
+        )
+
+    def accuracy(self, model, split="test"):
+        return training.accuracy(model, *(self.test if split == "test" else self.val))
+
+    def add(self, row, seed, **values):
+        self.rows.setdefault(row, {})[seed] = values
+        if self.on_row is not None:
+            self.on_row()
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in values.items()
+            if not isinstance(v, dict | list)
+        )
+        log(f"{row} seed {seed}: {shown}")
+
+    def q_values(self, fp, bnn):
+        q = analysis.quantization_errors(fp, bnn, self.train[0][:256])
+        return {"q_orig": q["q_orig"], "q_ours": q["q_ours"]}
+
+    def bitat_config(self, seed, budget, layers, paper=False, **overrides):
+        """BiTAT's defaults (or the paper's method settings) scaled to ``budget``."""
+        settings = self.settings
+        base = bk.BiTATConfig.paper() if paper else bk.BiTATConfig()
+        base = bk.BiTATConfig(**{**base.to_dict(), **overrides})
+        fields = base.to_dict()
+        fields.update(
+            batch_size=settings["batch"], groups=settings["groups"], stats_images=256, seed=seed
+        )
+        fields.update(scaled_schedule(base, budget * settings["epochs"], layers))
+        return bk.BiTATConfig(**fields)
+
+    def bitat(self, fp, seed, budget, paper=False, validate=False, **overrides):
+        layers = len(bk.models.eligible_layers(fp))
+        config = self.bitat_config(seed, budget, layers, paper, **overrides)
+        keras.utils.set_random_seed(seed)
+        result = bk.progressive_fit(
+            fp, self.train, config=config, verbose=0, validation_data=self.val if validate else None
+        )
+        return result
+
+    def bitat_row(self, row, fp, seed, budget, **kwargs):
+        result = self.bitat(fp, seed, budget, **kwargs)
+        acc = self.accuracy(result.model)
+        self.add(
+            row,
+            seed,
+            accuracy=acc,
+            val_accuracy=self.accuracy(result.model, "val"),
+            seconds=result.seconds,
+            budget=budget,
+            steps=int(sum(h.get("steps", 0) for h in result.history)),
+            v_parameters=result.v_parameters,
+            phases=phase_seconds(result),
+            gradient_ratio=[h["gradient_ratio"] for h in result.history if "gradient_ratio" in h],
+            **self.q_values(fp, result.model),
+        )
+        return result, acc
+
+
+def phase_seconds(result):
+    out = {}
+    for h in result.history:
+        for k, v in h["seconds"].items():
+            out[k] = out.get(k, 0.0) + v
+        out["compile"] = out.get("compile", 0.0) + h.get("compile_seconds", 0.0)
+    train = sum(out.get(k, 0.0) for k in ("activations", "quantize", "finetune", "final"))
+    out["overhead"] = result.seconds - train + out["compile"]
+    out["overhead_share"] = out["overhead"] / result.seconds if result.seconds else 0.0
+    return out
+
+
+def deployment(fp, bnn, x, calibration, runs):
+    """Sizes, LceBconv2d count, parity and latency (every model timed through the same
+    interpreter call with each of its options; ``latency.compare``)."""
+    from latency import compare
+
+    from bitat_keras import export
+
+    flatbuffers = {
+        "lce": export.convert_keras_model(bnn),
+        "float": export.convert_float_tflite(fp),
+        "int8": export.convert_float_tflite(fp, int8=True, representative_data=calibration),
+    }
+    timing = compare(flatbuffers, x, runs=runs)
+    best = timing["best"]
+    return {
+        "lce_size_bytes": len(flatbuffers["lce"]),
+        "float_tflite_size_bytes": len(flatbuffers["float"]),
+        "int8_tflite_size_bytes": len(flatbuffers["int8"]),
+        "lce_bconv2d_ops": bk.inspect_tflite(flatbuffers["lce"])["ops"].get("LceBconv2d", 0),
+        "binary_layers": len(bk.models.eligible_layers(bnn)),
+        "parity_max_abs_diff": bk.verify_tflite(bnn, flatbuffers["lce"], x),
+        "latency_ms": best,
+        "latency_settings_ms": timing["settings"],
+        "lce_over_float_latency_1t": best["lce_1t"]["median"] / best["float_1t"]["median"],
+        "lce_over_float_size": len(flatbuffers["lce"]) / len(flatbuffers["float"]),
+    }
+
+
+def deployment_markdown(deploy):
+    """The deployment lines (sizes, op count, parity, latency table) of ``deployment()``."""
+    lines = [
+        f"- LCE flatbuffer {deploy['lce_size_bytes'] / 1024:.1f} KiB; float TFLite "
+        f"{deploy['float_tflite_size_bytes'] / 1024:.1f} KiB; int8 TFLite "
+        f"{deploy['int8_tflite_size_bytes'] / 1024:.1f} KiB (LCE/float = "
+        f"{deploy['lce_over_float_size']:.3f})",
+        f"- LceBconv2d ops: {deploy['lce_bconv2d_ops']} of {deploy['binary_layers']} binary "
+        f"layers; parity max |Keras - LCE| = {deploy['parity_max_abs_diff']:.2e}",
+    ]
+    lat = deploy["latency_ms"]
+    if "lce_1t" not in lat:  # reports made before every model ran through one call
+        timings = ", ".join(f"{k} {v:.3f}" for k, v in lat.items())
+        lines.append(f"- single-image latency, median ms (each interpreter's own call): {timings}")
+        return lines
+    lines += [
+        "- single-image latency on this CPU, every model through the same interpreter call, "
+        "best option of each, median (p90) ms:",
+        "",
+        "| model | 1 thread | 2 threads |",
+        "|---|---|---|",
+    ]
+    for kind in ("float", "int8", "lce"):
+        cells = [
+            f"{lat[f'{kind}_{t}t']['median']:.3f} ({lat[f'{kind}_{t}t']['p90']:.3f}) "
+            f"{lat[f'{kind}_{t}t']['option']}"
+            for t in (1, 2)
+        ]
+        lines.append(f"| {kind} | {' | '.join(cells)} |")
+    lines += ["", f"LCE/float latency at 1 thread: {deploy['lce_over_float_latency_1t']:.2f}x."]
+    return lines

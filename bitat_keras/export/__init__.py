@@ -1,0 +1,50 @@
+"""Export Keras 3 models to TFLite flatbuffers with larq-compute-engine (LCE).
+
+TensorFlow and ``larq_compute_engine`` are imported lazily, inside the functions, so that
+``import bitat_keras.export`` stays cheap and the training code can run under the JAX
+backend without TensorFlow. Conversion itself needs ``KERAS_BACKEND=tensorflow``.
+
+The main entry points:
+
+- :func:`convert_keras_model`: Keras model -> LCE flatbuffer bytes, checking that every
+  ``BinaryConv2D`` became an ``LceBconv2d`` (bitpacked binary convolution).
+- :func:`convert_float_tflite`: Keras model -> plain TFLite (float or int8), for comparisons.
+- :func:`inspect_tflite`: op counts of a flatbuffer, parsed with the TFLite schema.
+- :func:`verify_tflite`: max |Keras - LCE interpreter| on given inputs.
+- :func:`save_flatbuffer` and :func:`convert_file`: atomic write, and the file-to-file
+  converter behind ``bitat-keras convert``.
+
+One module per concern: ``convert`` (the two converters and the strict check), ``flatbuffer``
+(reading a flatbuffer), ``parity`` (Keras against the interpreter), ``files`` (file to file).
+"""
+
+from bitat_keras.export.convert import (
+    ConversionWarning,
+    binary_conv_layers,
+    convert_float_tflite,
+    convert_keras_model,
+)
+from bitat_keras.export.files import (
+    PARITY_TOLERANCE,
+    UnsafeModelError,
+    convert_file,
+    lce_benchmark_commands,
+    save_flatbuffer,
+)
+from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
+from bitat_keras.export.parity import verify_tflite
+
+__all__ = [
+    "BCONV_OP",
+    "PARITY_TOLERANCE",
+    "ConversionWarning",
+    "UnsafeModelError",
+    "binary_conv_layers",
+    "convert_file",
+    "convert_float_tflite",
+    "convert_keras_model",
+    "inspect_tflite",
+    "lce_benchmark_commands",
+    "save_flatbuffer",
+    "verify_tflite",
+]

@@ -1,0 +1,279 @@
+"""How one phase of Algorithm 1 runs, and the state that a resumed run rebuilds.
+
+``progressive.py`` holds Algorithm 1 itself (which phase comes when, with which weights
+training); this module holds what every phase shares: the gated network and its one traced
+train step (``phases``), the data, fitting a phase with a fresh optimizer on a given set of
+trainable weights, stopping on a non-finite loss, BatchNorm re-estimation, validation, the
+returned plain binary model, and the checkpoint form of the blocks.
+"""
+
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from bitat_keras import phases, training
+from bitat_keras._data import TrainData
+from bitat_keras.block import BlockTransform
+from bitat_keras.callbacks import flip_rate, kernel_signs
+from bitat_keras.config import check_phase_steps
+from bitat_keras.models import binarize, eligible_layers
+from bitat_keras.trained_block import TrainedBlock, partition
+
+__all__ = ["NonFiniteLossError", "PhaseRunner"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; ``.model`` holds the last good state."""
+
+    def __init__(self, message, model=None, history=None):
+        super().__init__(message)
+        self.model = model
+        self.history = history
+
+
+def _resolve_loss(model):
+    loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+    return loss or training.task_loss()
+
+
+class PhaseRunner:
+    """The state of one ``progressive_fit`` call and how one phase runs (kept in one place
+    so that resume can rebuild it): the gated network and its ``PhaseTrainer``, the blocks,
+    the data, the history; fit a phase on a set of trainable weights, stop and restore on a
+    non-finite loss, re-estimate BatchNorm, evaluate, save and restore the blocks.
+
+    Args:
+        model: the pre-trained full-precision model.
+        train_data, validation_data: as ``progressive_fit`` takes them.
+        config: a ``BiTATConfig``.
+        callbacks: Keras callbacks passed to every phase's ``fit``.
+        verbose: Keras verbosity; truthy also prints the layer level.
+
+    Example:
+        >>> runner = PhaseRunner(fp_model, (x, y), BiTATConfig(), None, [], 0)  # doctest: +SKIP
+        >>> runner.names  # the layers Algorithm 1 binarizes  # doctest: +SKIP
+    """
+
+    def __init__(self, model, train_data, config, validation_data, callbacks, verbose):
+        self.config = config
+        self.callbacks = list(callbacks or [])
+        self.verbose = verbose
+        self.loss = _resolve_loss(model)
+        plain = binarize(
+            model, input_quantizer=config.input_quantizer, kernel_quantizer=config.kernel_quantizer
+        )
+        self.names = eligible_layers(plain)
+        if not self.names:
+            raise ValueError(
+                f"Model {model.name!r} has no layer progressive_fit can binarize: it needs "
+                "regular Conv2D layers besides the first conv and the classifier."
+            )
+        self.net = phases.gated_model(plain, self.names)
+        self.position = {layer.name: i for i, layer in enumerate(self.net.layers)}
+        bn = keras.layers.BatchNormalization
+        self.bns = [layer for layer in self.net.layers if isinstance(layer, bn)]
+        self.data = TrainData(train_data, self.net, config.batch_size)
+        self.val = None
+        if validation_data is not None:
+            self.val = TrainData(validation_data, self.net, config.batch_size, "validation_data")
+        check_phase_steps(config, self.data.steps, warn=True)
+        self.dims = {n: int(np.prod(self.net.get_layer(n).kernel.shape[:3])) for n in self.names}
+        sizes = {n: self.net.get_layer(n).kernel_size for n in self.names}
+        self.block_names = partition(sizes, config.blocks)
+        if config.transform == "intra":  # one transform per layer
+            self.block_names = [[n] for n in self.names]
+        self.block_index = {n: i for i, b in enumerate(self.block_names) for n in b}
+        teacher = None
+        if config.distillation != "none":  # a frozen copy of the pre-trained model
+            teacher = keras.models.clone_model(model)
+            teacher.set_weights(model.get_weights())
+        self.trainer = phases.PhaseTrainer(
+            self.net,
+            self.names,
+            [
+                BlockTransform.sized_for(
+                    {n: self.dims[n] for n in names}, config, f"block_transform_{i}"
+                )
+                for i, names in enumerate(self.block_names)
+            ],
+            self.block_names,
+            teacher,
+        )
+        self.optimizer = phases.PhaseAdam()
+        self.trainer.compile(
+            optimizer=self.optimizer,
+            loss=self.loss,
+            metrics=["accuracy"],
+            jit_compile=training.jit_compile(),
+        )
+        self.optimizer.build(self.trainer.trainable_variables)
+        self.ckpt = None
+        self.bn_stale = True
+        self.history = []
+        self.transforms = []  # closed blocks (TrainedBlock)
+        self.grouping = {}  # layer name -> (group ids or None, k) once it has joined
+
+    # -- helpers -------------------------------------------------------------------------
+    def log(self, message):
+        if self.verbose:
+            print(f"[BiTAT] {message}", flush=True)
+
+    def phase_seed(self, index, part):
+        """The data-order seed of a phase: ``part`` 0 quantize, 1 fine-tune (or, after the
+        last layer, the activation phase), 2 the final phase."""
+        return self.config.seed * 7919 + 2 * index + part
+
+    def trainable_above(self, boundary, block=None):
+        """ids of the weights that train: every layer above ``net.layers[boundary]``, and
+        the s and V of ``block``."""
+        ids = phases.weights_above(self.net, self.position, boundary)
+        if block is not None and self.trainer.blocks[block].s is not None:
+            ids.update({id(self.trainer.blocks[block].s), id(self.trainer.blocks[block].v)})
+        return ids
+
+    def fit(self, label, lr, epochs, trainable, record, seed):
+        guard = phases.PhaseMonitor()
+        kwargs, steps = self.data.phase_kwargs(epochs, seed)
+        self.optimizer.start_phase(lr, steps)
+        self.optimizer.set_masks(trainable)
+        layers = {name: self.net.get_layer(name) for name in self.names}
+        moving = {  # binarized kernels that train in this phase: their sign flips are logged
+            name: layer
+            for name, layer in layers.items()
+            if id(layer.kernel) in trainable and phases.numpy_float(layer.gates.kernel) > 0.5
+        }
+        signs = {name: kernel_signs(layer) for name, layer in moving.items()}
+        start = time.perf_counter()
+        hist = self.trainer.fit(**kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose)
+        record["seconds"][label] = time.perf_counter() - start
+        record["flip_rate"] = {  # fraction of signs that changed during the phase
+            name: flip_rate(signs[name], kernel_signs(layer)) for name, layer in moving.items()
+        }
+        record["compile_seconds"] = guard.compile_seconds()  # included in the fit time
+        record["epochs"] = epochs
+        record["steps"] = steps
+        record["loss"] = [float(v) for v in hist.history.get("loss", [])]
+        record["accuracy"] = [float(v) for v in hist.history.get("accuracy", [])]
+        return guard
+
+    def evaluate(self, record, index):
+        if self.val is None:
+            return
+        self.recalibrate(record, index)
+        start = time.perf_counter()
+        distill = phases.numpy_float(self.trainer.distill_gate)
+        self.trainer.set_distill(False)
+        loss, acc = self.trainer.evaluate(**_eval_kwargs(self.val), verbose=0)[:2]
+        self.trainer.distill_gate.assign(distill)
+        record["val_loss"], record["val_accuracy"] = float(loss), float(acc)
+        record["seconds"]["evaluate"] = time.perf_counter() - start
+
+    def run_phase(self, record, index, label, lr, epochs, trainable, where, seed, before=None):
+        """Fit one phase (data order from ``seed``); on a non-finite loss put everything
+        back as it was before the phase (``before``: the trainer's weights, gates included,
+        taken before the caller switched any gate) and raise; then evaluate."""
+        snapshot = self.trainer.get_weights() if before is None else before
+        guard = self.fit(label, lr, epochs, trainable, record, seed)
+        if guard.bad is not None:
+            batch, value = guard.bad
+            self.trainer.set_weights(snapshot)
+            raise NonFiniteLossError(
+                f"Non-finite loss ({value}) at {where}, phase {label!r}, batch {batch}. The "
+                "model is restored to its state before this phase; the checkpoint (if any) "
+                "keeps the last completed layer. Lower the learning rate or lam.",
+                model=self.model(),
+                history=self.history,
+            )
+        self.bn_stale = True
+        self.evaluate(record, index)
+        self.history.append(record)
+
+    def recalibrate(self, record, index):
+        """Re-estimate every BatchNorm's moving statistics, when training changed them
+        since the last time: they matter only in inference mode (statistics, evaluation,
+        the returned model), and the estimate does not depend on their old values."""
+        if not self.bn_stale:
+            return
+        start = time.perf_counter()
+        seed = self.config.seed + (index if index is not None else len(self.names))
+        batches = self.data.batches(
+            self.config.bn_recalibration_batches, seed, self.data.merge_for()
+        )
+        record["bn_batches"] = training.recalibrate_batchnorm(self.net, batches, self.bns)
+        record["seconds"]["batchnorm"] = time.perf_counter() - start
+        self.bn_stale = False
+
+    def task_phase(self, record, index, seed, lr, epochs, boundary, where):
+        """Train the layers above ``boundary`` on the task loss (or the teacher's
+        distribution, unless distillation is "none"): the fine-tune, activation and final
+        phases."""
+        self.trainer.set_block(None)
+        self.trainer.set_distill(self.config.distillation != "none")
+        trainable = self.trainable_above(boundary)
+        self.run_phase(record, index, record["phase"], lr, epochs, trainable, where, seed)
+
+    def model(self):
+        """A plain binary model (``BinaryConv2D`` layers) in the network's current state."""
+        cfg = self.config
+        state = dict(zip(self.names, self.trainer.binary_state(), strict=True))
+
+        def quantizers_of(name):
+            inputs, kernel = state[name]
+            return {
+                "input_quantizer": cfg.input_quantizer if inputs else None,
+                "kernel_quantizer": cfg.kernel_quantizer if kernel else None,
+            }
+
+        return phases.clean_model(self.net, self.names, quantizers_of)
+
+    def binarize_activations(self):
+        """Every eligible layer gets binary inputs (its weights stay as they are)."""
+        for i in range(len(self.names)):
+            self.trainer.set_binary(i, inputs=True)
+
+    # -- checkpoint (de)serialization of the blocks ------------------------------------------
+    def block_state(self):
+        """Every block's trainer variables (s, V, gates of its members, group ids) and the
+        closed blocks."""
+        meta = {"transforms": [t.layers for t in self.transforms], "grouping": {}}
+        arrays = {}
+        for i, block in enumerate(self.trainer.blocks):
+            for j, w in enumerate(block.weights):
+                arrays[f"b{i}_{j}"] = ops.convert_to_numpy(w)
+        for name, (ids, k) in self.grouping.items():
+            meta["grouping"][name] = k
+            if ids is not None:
+                arrays[f"ids_{name}"] = np.asarray(ids)
+        for i, t in enumerate(self.transforms):
+            arrays.update(t.checkpoint_arrays(i))
+        return meta, arrays
+
+    def restore(self, state):
+        completed = state["completed"]
+        if self.config.activations_first_epochs:
+            self.binarize_activations()
+        for i in range(completed):
+            self.trainer.set_binary(i, inputs=True, kernel=True)
+        self.ckpt.load_weights(self.net, state)
+        self.bn_stale = False  # saved right after a re-estimation
+        self.history = state["history"]
+        arrays = state["block_arrays"] or {}
+        meta = state["block_meta"]
+        for i, block in enumerate(self.trainer.blocks):
+            for j, w in enumerate(block.weights):
+                w.assign(arrays[f"b{i}_{j}"])
+        for name, k in meta["grouping"].items():
+            self.grouping[name] = (arrays.get(f"ids_{name}"), k)
+        self.transforms = [
+            TrainedBlock.from_checkpoint(layers, self.grouping, self.dims, arrays, i)
+            for i, layers in enumerate(meta["transforms"])
+        ]
+        return completed
+
+
+def _eval_kwargs(data):
+    kwargs = data.fit_kwargs()
+    kwargs.pop("shuffle", None)
+    return kwargs
