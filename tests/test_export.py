@@ -496,3 +496,19 @@ def test_cli_rejects_non_keras_file_and_bad_args(tmp_path, capsys):
     assert cli.convert([]) == 2  # argparse usage error
     assert cli.convert(["--help"]) == 0
     assert "MODEL.keras" in capsys.readouterr().out
+
+
+def test_rprelu_converts_to_one_prelu_op_between_binary_convs():
+    """RPReLU is written in the form TensorFlow's converter fuses: one PRELU op (x - gamma
+    folded into the binary conv before it, + zeta one ADD), not five elementwise ops."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 16))
+    x = BinaryConv2D(16, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = bk.layers.RPReLU()(x)
+    model = keras.Model(inputs, BinaryConv2D(16, 3, padding="same", use_bias=False)(x))
+    randomize(model)
+    data = ex.convert_keras_model(model)
+    operators = ex.inspect_tflite(data)["subgraphs"][0]["operators"]
+    assert operators == ["LceQuantize", "LceBconv2d", "PRELU", "ADD", "LceQuantize", "LceBconv2d"]
+    assert relative_parity(model, data, inputs_for(model)) < REL_TOL
