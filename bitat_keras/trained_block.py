@@ -80,15 +80,21 @@ class TrainedBlock(collections.abc.Mapping):
     v: np.ndarray | None = None
 
     @classmethod
-    def close(cls, transform, layers, grouping, dims):
-        """The ``TrainedBlock`` of a ``BlockTransform`` whose layers have all joined:
-        ``grouping[name] = (ids or None, k)``, ``dims[name] = d``."""
-        block = cls(
+    def unfilled(cls, layers, grouping, dims):
+        """The block's layers and sizes without s and V: ``grouping[name] = (ids or None,
+        k)``, ``dims[name] = d``."""
+        return cls(
             layers=list(layers),
             ids=[grouping[n][0] for n in layers],
             ks=[int(grouping[n][1]) for n in layers],
             dims=[int(dims[n]) for n in layers],
         )
+
+    @classmethod
+    def close(cls, transform, layers, grouping, dims):
+        """The ``TrainedBlock`` of a ``BlockTransform`` whose layers have all joined:
+        ``grouping[name] = (ids or None, k)``, ``dims[name] = d``."""
+        block = cls.unfilled(layers, grouping, dims)
         if transform.s is not None:
             s, v = transform.numpy_sv()
             active = transform.active_index()
@@ -111,12 +117,7 @@ class TrainedBlock(collections.abc.Mapping):
     @classmethod
     def from_checkpoint(cls, layers, grouping, dims, arrays, index):
         """Rebuild block ``index`` from ``checkpoint_arrays``' output and the grouping."""
-        block = cls(
-            layers=list(layers),
-            ids=[grouping[n][0] for n in layers],
-            ks=[int(grouping[n][1]) for n in layers],
-            dims=[int(dims[n]) for n in layers],
-        )
+        block = cls.unfilled(layers, grouping, dims)
         block.s, block.v = arrays.get(f"s{index}"), arrays.get(f"v{index}")
         return block
 
