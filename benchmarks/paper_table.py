@@ -84,6 +84,7 @@ def run_seed(bench, seed, groups, overrides=None):
                 seconds=seconds,
                 budget=budget,
                 steps=epochs * steps_per_epoch,
+                learning_rate=settings["baseline_lr"][name],
                 **bench.q_values(fp, bnn),
             )
             bench.curves[name].append((budget, seed, seconds, acc))

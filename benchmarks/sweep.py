@@ -109,6 +109,7 @@ BASELINES = {
     "reactnet_lr0.004_2x": ("reactnet", 4e-3, 2),
     "reactnet_lr0.008_2x": ("reactnet", 8e-3, 2),
     "naive_ste_lr0.016_2x": ("naive_ste", 16e-3, 2),
+    "naive_ste_lr0.032_2x": ("naive_ste", 32e-3, 2),
 }
 METHODS = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
 
