@@ -209,15 +209,9 @@ def phase_seconds(result):
 def deployment(fp, bnn, x, calibration, runs):
     """Sizes, LceBconv2d count, parity and latency (every model timed through the same
     interpreter call with each of its options; ``latency.compare``)."""
-    from latency import compare
+    from latency import compare, convert_three
 
-    from bitat_keras import export
-
-    flatbuffers = {
-        "lce": export.convert_keras_model(bnn),
-        "float": export.convert_float_tflite(fp),
-        "int8": export.convert_float_tflite(fp, int8=True, representative_data=calibration),
-    }
+    flatbuffers = convert_three(fp, bnn, calibration)
     timing = compare(flatbuffers, x, runs=runs)
     best = timing["best"]
     return {

@@ -115,6 +115,18 @@ def compare(flatbuffers, x, *, runs=200, threads=(1, 2)):
     return {"settings": settings, "best": best}
 
 
+def convert_three(fp, bnn, calibration):
+    """``{"lce": the binary model strictly converted by LCE, "float": the full-precision twin
+    as float TFLite, "int8": the twin as int8 TFLite calibrated on ``calibration``}``."""
+    from bitat_keras import export
+
+    return {
+        "lce": export.convert_keras_model(bnn),
+        "float": export.convert_float_tflite(fp),
+        "int8": export.convert_float_tflite(fp, int8=True, representative_data=calibration),
+    }
+
+
 def float_work_between_binary_convs(flatbuffer):
     """Which ops run between consecutive ``LceBconv2d`` ops (in execution order) of the
     main subgraph, counted over all gaps; and the ops before the first and after the last."""
@@ -147,11 +159,7 @@ def measure(name, runs, seed=0):
     calibration = rng.uniform(-1, 1, (32, *spec["input_shape"])).astype("float32")
     x = calibration[:1]
     start = time.perf_counter()
-    flatbuffers = {
-        "lce": bk.convert_keras_model(bnn),
-        "float": bk.export.convert_float_tflite(fp),
-        "int8": bk.export.convert_float_tflite(fp, int8=True, representative_data=calibration),
-    }
+    flatbuffers = convert_three(fp, bnn, calibration)
     convert_seconds = time.perf_counter() - start
     timing = compare(flatbuffers, x, runs=runs)
     best = timing["best"]
