@@ -189,6 +189,7 @@ class Bench:
             v_parameters=result.v_parameters,
             phases=phase_seconds(result),
             gradient_ratio=[h["gradient_ratio"] for h in result.history if "gradient_ratio" in h],
+            config=result.config.to_dict(),
             **self.q_values(fp, result.model),
         )
         return result, acc

@@ -50,9 +50,11 @@ SCHEDULES = {
 
 
 def _variant(transform="aggregated", schedule="q+final", lr=None, **overrides):
+    values = dict(transform=transform, distillation="all", **SCHEDULES[schedule])
     if lr is not None:
-        overrides.update(learning_rate=lr, finetune_learning_rate=lr)
-    return dict(transform=transform, distillation="all", **SCHEDULES[schedule], **overrides)
+        values.update(learning_rate=lr, finetune_learning_rate=lr)
+    values.update(overrides)
+    return values
 
 
 # BiTAT rows: BiTATConfig overrides (``budget``: multiple of the 1x epochs, default 1;
@@ -91,6 +93,27 @@ VARIANTS = {
     "agg/q+long-final/lr8e-3/2x": _variant(schedule="q+long-final", lr=8e-3, budget=2),
     # Both best learning rates sat at the top of the grid: one step further (fourth sweep).
     "agg/q+long-final/lr16e-3/2x": _variant(schedule="q+long-final", lr=16e-3, budget=2),
+    # Naive STE (task loss only) beat its teacher on validation: does distilling from that
+    # teacher cap BiTAT? The same rows on the task loss alone (fifth sweep).
+    "agg/q+long-final/lr8e-3/2x/task": _variant(
+        schedule="q+long-final", lr=8e-3, budget=2, distillation="none"
+    ),
+    "agg/q+long-final/lr16e-3/2x/task": _variant(
+        schedule="q+long-final", lr=16e-3, budget=2, distillation="none"
+    ),
+    "none/q+long-final/lr8e-3/2x/task": _variant(
+        "none", "q+long-final", lr=8e-3, budget=2, distillation="none"
+    ),
+    "agg/q+longer-final/lr8e-3/2x/task": _variant(
+        schedule="q+longer-final", lr=8e-3, budget=2, distillation="none"
+    ),
+    "agg/q+long-final/lr8e-3-final16e-3/2x/task": _variant(
+        schedule="q+long-final",
+        lr=8e-3,
+        finetune_learning_rate=16e-3,
+        budget=2,
+        distillation="none",
+    ),
 }
 
 # Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).

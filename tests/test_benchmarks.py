@@ -70,6 +70,15 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     assert merged["rows"]["reactnet"]["seeds"] == 2
     assert merged["rows"]["bitat_none"]["seeds"] == 1  # extra rows ran for seed 0 only
     assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
+    # Rerunning some main rows of a seed replaces those rows' results and keeps the others.
+    again = paper_table.run("mini", str(tmp_path), seeds=[1], groups=(), only=("naive_ste",))
+    assert again["rows"]["reactnet"]["per_seed"] == merged["rows"]["reactnet"]["per_seed"]
+    assert again["rows"]["bitat_aggregated"]["per_seed"]["1"]["seconds"] == (
+        merged["rows"]["bitat_aggregated"]["per_seed"]["1"]["seconds"]
+    )
+    assert again["rows"]["naive_ste"]["seeds"] == 2
+    assert sorted(s for _, s, *_ in again["curves"]["naive_ste"]) == [0, 1]
+    assert agg["config"]["transform"] == "aggregated"  # each BiTAT row keeps its config
     # A note (what disturbed a timing, say) joins the report and its table.
     paper_table.annotate("mini", str(tmp_path), "seed 1 shared the CPU")
     assert "## Notes\n\n- seed 1 shared the CPU" in (tmp_path / "mini.md").read_text()
