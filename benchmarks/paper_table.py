@@ -230,6 +230,7 @@ ROW_ORDER = [
     "bitat_none",
     "bitat_intra",
     "bitat_cross",
+    "bitat_teacher",  # BiTAT's earlier defaults: the teacher's distribution as the loss
 ]
 
 
@@ -289,6 +290,7 @@ def plot(report, path):
         "naive_ste": ("naive STE", "^"),
         "reactnet": ("ReActNet two-step", "o"),
         "bitat": ("BiTAT (defaults)", "s"),
+        "bitat_teacher": ("BiTAT, teacher's distribution (earlier defaults)", "x"),
     }
     for name, (label, marker) in labels.items():
         points = sorted(report["curves"].get(name, []))
@@ -309,7 +311,8 @@ def plot(report, path):
     )
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
-    budgets = "/".join(f"{b}x" for b in report["settings"]["budgets"])
+    points = [p for curve in report["curves"].values() for p in curve]
+    budgets = "/".join(f"{b}x" for b in sorted({p[0] for p in points}))
     ax.set_title(f"Accuracy vs wall time ({report['preset']} preset, {budgets}; means and seeds)")
     ax.legend()
     fig.tight_layout()
