@@ -114,6 +114,15 @@ VARIANTS = {
         budget=2,
         distillation="none",
     ),
+    # At lam 0.3 the penalty's gradient is about 1 % of the task's (cpu.json's
+    # gradient_ratio) and the transform ablation is level on the test set: a stronger
+    # penalty, one and two decades up (sixth sweep).
+    "agg-lam3/q+long-final/lr8e-3/2x/task": _variant(
+        schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=3.0
+    ),
+    "agg-lam30/q+long-final/lr8e-3/2x/task": _variant(
+        schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=30.0
+    ),
 }
 
 # Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).

@@ -35,6 +35,7 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     for name in (
         "full_precision",
         "naive_ste",
+        "naive_ste_2x",
         "reactnet",
         "reactnet_2x",
         "bitat_none",
