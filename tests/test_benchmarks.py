@@ -77,7 +77,9 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     old, new = (r["rows"]["bitat_aggregated"]["per_seed"]["1"] for r in (merged, again))
     assert new["seconds"] == old["seconds"]
     assert again["rows"]["naive_ste"]["seeds"] == 2
-    assert sorted(s for _, s, *_ in again["curves"]["naive_ste"]) == [0, 1]
+    # naive STE runs at every budget: (budget, seed) points of both seeds at 1x and 2x.
+    points = sorted((b, s) for b, s, *_ in again["curves"]["naive_ste"])
+    assert points == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert agg["config"]["transform"] == "aggregated"  # each BiTAT row keeps its config
     # A note (what disturbed a timing, say) joins the report and its table.
     paper_table.annotate("mini", str(tmp_path), "seed 1 shared the CPU")
