@@ -187,24 +187,12 @@ class Bench:
             budget=budget,
             steps=int(sum(h.get("steps", 0) for h in result.history)),
             v_parameters=result.v_parameters,
-            phases=phase_seconds(result),
+            phases=result.seconds_by_kind(),
             gradient_ratio=[h["gradient_ratio"] for h in result.history if "gradient_ratio" in h],
             config=result.config.to_dict(),
             **self.q_values(fp, result.model),
         )
         return result, acc
-
-
-def phase_seconds(result):
-    out = {}
-    for h in result.history:
-        for k, v in h["seconds"].items():
-            out[k] = out.get(k, 0.0) + v
-        out["compile"] = out.get("compile", 0.0) + h.get("compile_seconds", 0.0)
-    train = sum(out.get(k, 0.0) for k in ("activations", "quantize", "finetune", "final"))
-    out["overhead"] = result.seconds - train + out["compile"]
-    out["overhead_share"] = out["overhead"] / result.seconds if result.seconds else 0.0
-    return out
 
 
 def deployment(fp, bnn, x, calibration, runs):

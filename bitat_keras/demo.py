@@ -187,6 +187,7 @@ def run(args):
         "fp_train_seconds": fp_seconds,
         "bitat_seconds": result.seconds,
         "seconds_per_layer": per_layer,
+        "seconds_by_kind": result.seconds_by_kind(),
         "v_parameters": result.v_parameters,
         "q_orig": errors["q_orig"],
         "q_ours": errors["q_ours"],
@@ -238,6 +239,12 @@ def format_table(r):
         ("full-precision accuracy", f"{r['fp_accuracy']:.2%}"),
         ("BiTAT binary accuracy", f"{r['bitat_accuracy']:.2%}"),
         ("BiTAT time", f"{r['bitat_seconds']:.0f} s over {len(r['seconds_per_layer'])} layers"),
+        (
+            "loop overhead",
+            f"{r['seconds_by_kind']['overhead']:.0f} s "
+            f"({r['seconds_by_kind']['overhead_share']:.1%}: statistics, k-means, PCA, "
+            "BatchNorm, validation, tracing)",
+        ),
         (
             "V entries used / full",
             f"{r['v_parameters']['used']:,} / "

@@ -53,6 +53,26 @@ class BiTATResult:
     seconds: float
     traces: int = 0
 
+    # Kinds of work in a record's "seconds" that are optimizer steps; the rest (statistics,
+    # grouping, PCA, BatchNorm re-estimation, validation) and tracing are the loop's overhead.
+    TRAINING_KINDS = ("activations", "quantize", "finetune", "final")
+
+    def seconds_by_kind(self):
+        """Seconds summed over the phases per kind of work (``quantize``, ``statistics``,
+        ...), plus ``compile`` (tracing, inside the training kinds), ``overhead`` (wall
+        time that was not a traced training step) and ``overhead_share`` (of ``seconds``).
+        For a resumed run ``seconds`` counts this process only, while ``history`` holds
+        every phase: its overhead is then not meaningful."""
+        out = {}
+        for record in self.history:
+            for kind, value in record["seconds"].items():
+                out[kind] = out.get(kind, 0.0) + value
+            out["compile"] = out.get("compile", 0.0) + record.get("compile_seconds", 0.0)
+        train = sum(out.get(kind, 0.0) for kind in self.TRAINING_KINDS)
+        out["overhead"] = self.seconds - train + out["compile"]
+        out["overhead_share"] = out["overhead"] / self.seconds if self.seconds else 0.0
+        return out
+
 
 class _Algorithm1(PhaseRunner):
     """Algorithm 1's phases over a ``PhaseRunner``."""

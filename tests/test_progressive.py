@@ -105,6 +105,15 @@ def test_history_and_callbacks_cover_every_phase(fitted):
         assert h["epochs"] == 1 and len(h["loss"]) == 1 and h["seconds"][h["phase"]] > 0
     assert recorder.events.count("train_begin") == 9
     assert "batch" in recorder.events and "epoch_end" in recorder.events
+    # The seconds by kind of work are the history's sums; overhead is the rest of the wall
+    # time plus tracing.
+    kinds = result.seconds_by_kind()
+    quantize = sum(h["seconds"].get("quantize", 0.0) for h in result.history)
+    compile_s = sum(h.get("compile_seconds", 0.0) for h in result.history)
+    train = quantize + sum(h["seconds"].get("finetune", 0.0) for h in result.history)
+    assert kinds["quantize"] == pytest.approx(quantize)
+    assert kinds["overhead"] == pytest.approx(result.seconds - train + compile_s)
+    assert 0 < kinds["overhead_share"] < 1
 
 
 def test_blocks_expand_s_and_v_across_layers(fitted):
