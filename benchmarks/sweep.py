@@ -190,16 +190,19 @@ def run_row(bench, fp, name):
     }
 
 
-def settings_of(preset, epochs=None):
-    """The preset's settings, with ``epochs`` (the 1x budget) replaced when given."""
+def settings_of(preset, epochs=None, fp_epochs=None):
+    """The preset's settings, with ``epochs`` (the 1x budget) and ``fp_epochs`` (the
+    teacher's training) replaced when given."""
     settings = dict(harness.PRESETS[preset])
     if epochs is not None:
         settings["epochs"] = epochs
+    if fp_epochs is not None:
+        settings["fp_epochs"] = fp_epochs
     return settings
 
 
-def run(preset, out_dir, names=None, jobs=1, epochs=None):
-    settings = settings_of(preset, epochs)
+def run(preset, out_dir, names=None, jobs=1, epochs=None, fp_epochs=None):
+    settings = settings_of(preset, epochs, fp_epochs)
     bench = harness.Bench(preset, settings, out_dir)
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -280,7 +283,8 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
         f"# Validation sweep, preset `{preset}` (seed 0)",
         "",
         f"Command: `{report['command']}`; backend {report['backend']}; "
-        f"{seconds / 60:.1f} min; 1x = {settings['epochs']} epochs. Accuracy on the "
+        f"{seconds / 60:.1f} min; 1x = {settings['epochs']} epochs; teacher "
+        f"{settings['fp_epochs']} epochs. Accuracy on the "
         f"validation split ({settings['val']} images held out of the training images).",
         "",
         f"| row | budget | val acc. | {timing} |",
@@ -306,6 +310,9 @@ def main(argv=None):
     )
     parser.add_argument("--jobs", type=int, default=1, help="rows run in parallel processes")
     parser.add_argument("--epochs", type=int, default=None, help="1x epochs (default: preset's)")
+    parser.add_argument(
+        "--fp-epochs", type=int, default=None, help="the teacher's epochs (default: preset's)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,7 +329,9 @@ def main(argv=None):
         parser.error(
             f"unknown rows {unknown}; expected names from {list(BASELINES)} or " f"{list(VARIANTS)}"
         )
-    report = run(args.preset, args.out, names, args.jobs, args.epochs)
+    if args.fp_epochs is not None and args.fp_epochs < 1:
+        parser.error(f"--fp-epochs must be at least 1, got {args.fp_epochs}")
+    report = run(args.preset, args.out, names, args.jobs, args.epochs, args.fp_epochs)
     print(json.dumps(report.get("best"), default=float))
     return 0
 

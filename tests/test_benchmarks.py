@@ -136,9 +136,10 @@ def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_pat
     import sweep
 
     names = ["naive_ste_lr0.001", "reactnet_lr0.001", "none/q+final", "agg-lam0.3-sign/q+final"]
-    report = sweep.run("mini", str(tmp_path), names)
+    report = sweep.run("mini", str(tmp_path), names, fp_epochs=4)
     rows = report["rows"]
     assert list(rows) == ["full_precision", *names]
+    assert report["settings"]["fp_epochs"] == 4  # --fp-epochs: a teacher trained longer
     row = rows["agg-lam0.3-sign/q+final"]
     assert row["overrides"]["lam"] == 0.3 and row["overrides"]["penalty_gradient"] == "sign"
     phases = [t["phase"] for t in row["trace"]]
@@ -146,7 +147,8 @@ def test_validation_sweep_runs_variants_and_picks_the_best_on_validation(tmp_pat
     assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in row["trace"])
     best = max(names[2:], key=lambda n: rows[n]["val_accuracy"])
     assert report["best"][0] == best
-    assert "| agg-lam0.3-sign/q+final | 1x |" in (tmp_path / "sweep_mini.md").read_text()
+    text = (tmp_path / "sweep_mini.md").read_text()
+    assert "| agg-lam0.3-sign/q+final | 1x |" in text and "teacher 4 epochs" in text
 
 
 def test_parallel_sweep_merges_child_rows_on_one_teacher(tmp_path):
