@@ -233,12 +233,19 @@ def _convert(fp, bnn, x_test, output_dir):
     }
 
 
+def _phases(seconds_per_layer):
+    """'8 layers and the joint phase': the history's layer "*" is a phase over all layers."""
+    layers = sum(1 for name in seconds_per_layer if name != "*")
+    joint = " and the joint phase" if "*" in seconds_per_layer else ""
+    return f"{layers} layer{'s' if layers != 1 else ''}{joint}"
+
+
 def format_table(r):
     rows = [
         ("dataset", f"{r['dataset']} ({r['train_size']} train / {r['test_size']} test)"),
         ("full-precision accuracy", f"{r['fp_accuracy']:.2%}"),
         ("BiTAT binary accuracy", f"{r['bitat_accuracy']:.2%}"),
-        ("BiTAT time", f"{r['bitat_seconds']:.0f} s over {len(r['seconds_per_layer'])} layers"),
+        ("BiTAT time", f"{r['bitat_seconds']:.0f} s over {_phases(r['seconds_per_layer'])}"),
         (
             "loop overhead",
             f"{r['seconds_by_kind']['overhead']:.0f} s "

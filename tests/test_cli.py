@@ -37,7 +37,7 @@ def test_demo_end_to_end_on_digits(tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     printed = capsys.readouterr().out
     assert "BiTAT binary accuracy" in printed and "LceBconv2d ops" in printed
-    assert "loop overhead" in printed
+    assert "loop overhead" in printed and "over 8 layers and the joint phase" in printed
     assert 0 < report["seconds_by_kind"]["overhead_share"] < 1
     # A small pre-trained net, 1 epoch per layer: clearly above chance (10 %).
     assert report["fp_accuracy"] > 0.6
