@@ -114,9 +114,9 @@ VARIANTS = {
         budget=2,
         distillation="none",
     ),
-    # At lam 0.3 the penalty's gradient is about 1 % of the task's (cpu.json's
+    # At lam 0.3 the penalty's gradient is 0.04-4 % of the task's (cpu.json's
     # gradient_ratio) and the transform ablation is level on the test set: a stronger
-    # penalty, one and two decades up (sixth sweep).
+    # penalty, one and two decades up (run 6).
     "agg-lam3/q+long-final/lr8e-3/2x/task": _variant(
         schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=3.0
     ),
