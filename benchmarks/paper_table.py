@@ -213,12 +213,10 @@ def goals(rows):
 
         def on_seeds(name):
             per_seed = rows[name]["per_seed"]
-            accs = [per_seed[s]["accuracy"] for s in seeds if s in per_seed]
-            return float(np.mean(accs)) if accs else None
+            return _mean({s: per_seed[s] for s in seeds if s in per_seed}, "accuracy")
 
         names = ("bitat_aggregated", "bitat_intra", "bitat_cross")
-        transforms = [on_seeds(n) for n in names if n in rows]
-        transforms = [a for a in transforms if a is not None]
+        transforms = [a for a in (on_seeds(n) for n in names if n in rows) if a is not None]
         if transforms:
             best = max(transforms)
             out["transform_beats_none_by_0.3"] = best >= on_seeds("bitat_none") + 0.003

@@ -164,11 +164,6 @@ def run(args):
     bnn = result.model
     bitat_acc = _accuracy(bnn, test, args.batch_size)
     bnn.save(os.path.join(args.output_dir, "bitat.keras"))
-    per_layer = {}
-    for record in result.history:
-        per_layer[record["layer"]] = per_layer.get(record["layer"], 0.0) + sum(
-            record["seconds"].values()
-        )
     errors = analysis.quantization_errors(fp, bnn, train[0][:256])
     plot_paths = []
     if args.plots:
@@ -186,7 +181,7 @@ def run(args):
         "bitat_accuracy": bitat_acc,
         "fp_train_seconds": fp_seconds,
         "bitat_seconds": result.seconds,
-        "seconds_per_layer": per_layer,
+        "seconds_per_layer": result.seconds_by_layer(),
         "seconds_by_kind": result.seconds_by_kind(),
         "v_parameters": result.v_parameters,
         "q_orig": errors["q_orig"],

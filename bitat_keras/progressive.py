@@ -57,6 +57,14 @@ class BiTATResult:
     # grouping, PCA, BatchNorm re-estimation, validation) and tracing are the loop's overhead.
     TRAINING_KINDS = ("activations", "quantize", "finetune", "final")
 
+    def seconds_by_layer(self):
+        """Seconds of every phase summed per layer name, in the order the layers ran
+        (``"*"``: the phases over all layers, activations-first and final)."""
+        out = {}
+        for record in self.history:
+            out[record["layer"]] = out.get(record["layer"], 0.0) + sum(record["seconds"].values())
+        return out
+
     def seconds_by_kind(self):
         """Seconds summed over the phases per kind of work (``quantize``, ``statistics``,
         ...), plus ``compile`` (tracing, inside the training kinds), ``overhead`` (wall

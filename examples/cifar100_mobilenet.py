@@ -462,10 +462,6 @@ def run(args):
         [np.asarray(x) for x, _ in load_data(args, 256, "train", augment=False).take(1)]
     )
     errors = bk.analysis.quantization_errors(fp, bnn, stats_images)
-    per_layer = {}
-    for record in result.history:
-        seconds = sum(record["seconds"].values())
-        per_layer[record["layer"]] = per_layer.get(record["layer"], 0.0) + seconds
     report = {
         "dataset": DATASET,
         "train_examples": n_train,
@@ -483,7 +479,7 @@ def run(args):
         "bitat_accuracy": bitat_acc,
         "bitat_seconds": result.seconds,
         "binary_layers": len(binary_conv_layers(bnn)),
-        "seconds_per_layer": per_layer,
+        "seconds_per_layer": result.seconds_by_layer(),
         "history": _history_summary(result.history),
         "v_parameters": result.v_parameters,
         "q_orig": errors["q_orig"],

@@ -114,6 +114,11 @@ def test_history_and_callbacks_cover_every_phase(fitted):
     assert kinds["quantize"] == pytest.approx(quantize)
     assert kinds["overhead"] == pytest.approx(result.seconds - train + compile_s)
     assert 0 < kinds["overhead_share"] < 1
+    per_layer = result.seconds_by_layer()
+    assert list(per_layer) == bk.models.eligible_layers(result.model)
+    assert sum(per_layer.values()) == pytest.approx(
+        sum(sum(h["seconds"].values()) for h in result.history)
+    )
 
 
 def test_blocks_expand_s_and_v_across_layers(fitted):
