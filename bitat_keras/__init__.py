@@ -9,10 +9,13 @@ from bitat_keras import (
     models,
     quantizers,
     regularizers,
+    structure,
+    thresholds,
     trained_block,
     training,
     transform,
 )
+from bitat_keras.binarization_plan import BinarizationPlan, plan
 from bitat_keras.checkpoint import CheckpointError
 from bitat_keras.config import BiTATConfig
 from bitat_keras.export import convert_keras_model, inspect_tflite, verify_tflite
@@ -27,6 +30,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "BiTATResult",
+    "BinarizationPlan",
     "CheckpointError",
     "NonFiniteLossError",
     "binarize",
@@ -36,9 +40,12 @@ __all__ = [
     "constraints",
     "layers",
     "models",
+    "plan",
     "progressive_fit",
     "quantizers",
     "regularizers",
+    "structure",
+    "thresholds",
     "trained_block",
     "training",
     "transform",

@@ -30,6 +30,80 @@ def batch_splits():
     return 1, None
 
 
+def sample_images(data, n, seed):
+    """Up to ``n`` float32 input images from ``data``: an array of images, a tuple whose
+    first item is one (``(x, y)``, ``(x, y, sample_weight)``), or a ``tf.data.Dataset``
+    of batches (its first batches; the first item of each element). Arrays are sampled
+    without replacement, seeded."""
+    if isinstance(data, tuple | list):
+        data = data[0]
+    if _is_tf_dataset(data):
+        out, total = [], 0
+        for element in data:
+            x = element[0] if isinstance(element, tuple | list) else element
+            out.append(np.asarray(x))
+            total += len(out[-1])
+            if total >= n:
+                break
+        return np.concatenate(out)[:n].astype("float32")
+    x = np.asarray(data)
+    n = min(n, len(x))
+    idx = np.random.default_rng(seed).choice(len(x), size=n, replace=False)
+    return x[np.sort(idx)].astype("float32", copy=False)
+
+
+def _is_pair_or_triple(data):
+    return isinstance(data, tuple | list) and len(data) in (2, 3)
+
+
+def with_sample_weight(data, sample_weight, what="train_data"):
+    """``data`` with the per-sample weights ``sample_weight`` attached: ``(x, y)`` arrays
+    become ``(x, y, sample_weight)`` (validated by ``TrainData``); ``data`` unchanged when
+    ``sample_weight`` is None. Raises a ValueError for a ``tf.data.Dataset`` (it must yield
+    ``(x, y, sample_weight)`` batches itself) or data that already hold weights."""
+    if sample_weight is None:
+        return data
+    if _is_tf_dataset(data):
+        raise ValueError(
+            f"`sample_weight` cannot be given with a tf.data.Dataset `{what}`: make the "
+            "dataset yield (x, y, sample_weight) batches instead (as keras.Model.fit)."
+        )
+    if isinstance(data, tuple | list) and len(data) == 3:
+        raise ValueError(
+            f"`sample_weight` was given but `{what}` is already an (x, y, sample_weight) "
+            "tuple: pass the weights one way only."
+        )
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return (data[0], data[1], sample_weight)
+    return data  # TrainData explains what it accepts
+
+
+def _check_weights(w, n, what, where):
+    """Per-sample weights ``w`` for ``n`` samples: shape (n,), numeric, finite, >= 0."""
+    w = np.asarray(w)
+    if w.ndim != 1 or len(w) != n:
+        hint = " Flatten them with .reshape(-1)." if w.size == n and w.ndim > 1 else ""
+        raise ValueError(
+            f"`{what}`: sample_weight must have shape ({n},), one weight per sample of "
+            f"{where}. Received shape {w.shape}.{hint}"
+        )
+    if not (np.issubdtype(w.dtype, np.number) or w.dtype == bool) or np.iscomplexobj(w):
+        raise ValueError(
+            f"`{what}`: sample_weight must hold real numbers. Received dtype {w.dtype}."
+        )
+    w = w.astype("float32")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(
+            f"`{what}`: sample_weight must be finite and >= 0. Received NaN or inf values."
+        )
+    if np.any(w < 0):
+        raise ValueError(
+            f"`{what}`: sample_weight must be finite and >= 0. Received negative values "
+            f"(min {w.min()})."
+        )
+    return w
+
+
 class SeededBatches(keras.utils.PyDataset):
     """Shuffled batches of numpy arrays whose order depends on ``seed`` only.
 
@@ -44,11 +118,13 @@ class SeededBatches(keras.utils.PyDataset):
         batch_size: samples per batch (the last batch of a pass may be smaller).
         seed: seeds the permutation of every pass.
         steps: batches per Keras epoch (default: one pass).
+        sample_weight: optional per-sample weights, yielded as each batch's third item.
     """
 
-    def __init__(self, x, y, batch_size, seed, steps=None):
+    def __init__(self, x, y, batch_size, seed, steps=None, sample_weight=None):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
+        self.w = sample_weight
         self.per_pass = math.ceil(len(x) / self.batch_size)
         self.steps = int(steps) if steps else self.per_pass
         self.epoch = 0
@@ -65,6 +141,8 @@ class SeededBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         p, j = divmod(self.epoch * self.steps + index, self.per_pass)
         rows = np.sort(self._order(p)[j * self.batch_size : (j + 1) * self.batch_size])
+        if self.w is not None:
+            return self.x[rows], self.y[rows], self.w[rows]
         return self.x[rows], self.y[rows]
 
     def on_epoch_end(self):
@@ -72,10 +150,15 @@ class SeededBatches(keras.utils.PyDataset):
 
 
 class TrainData:
-    """Validated (x, y) data for one model.
+    """Validated (x, y) or (x, y, sample_weight) data for one model.
+
+    Per-sample weights weight the compiled loss as ``keras.Model.fit(x, y,
+    sample_weight=w)`` does: ``sum(w_i * loss_i) / batch_size`` per batch.
 
     Args:
-        data: ``(x, y)`` numpy arrays, or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+        data: ``(x, y)`` or ``(x, y, sample_weight)`` numpy arrays (``sample_weight``: shape
+            (N,), finite, >= 0), or a ``tf.data.Dataset`` of ``(x, y)`` or
+            ``(x, y, sample_weight)`` batches.
         model: the model the data must fit (input shape, number of classes).
         batch_size: batch size for numpy arrays.
         what: name used in error messages ("train_data", "validation_data").
@@ -86,6 +169,8 @@ class TrainData:
         self.what = what
         self.batch_size = int(batch_size)
         self.dataset = None
+        self.w = None  # per-sample weights of numpy data
+        self.weighted = False
         self._repeated = None
         self.devices, self._split = batch_splits()
         if _is_tf_dataset(data):
@@ -93,19 +178,28 @@ class TrainData:
             first = next(iter(data.take(1)), None)
             if first is None:
                 raise ValueError(f"`{what}` is an empty dataset: it yielded no batch.")
-            if not isinstance(first, tuple | list) or len(first) != 2:
+            if not _is_pair_or_triple(first):
                 raise ValueError(
-                    f"`{what}` must yield (x, y) batches. Received elements of structure "
-                    f"{data.element_spec}"
+                    f"`{what}` must yield (x, y) or (x, y, sample_weight) batches. Received "
+                    f"elements of structure {data.element_spec}"
                 )
-            x, y = (np.asarray(t) for t in first)
+            x, y = np.asarray(first[0]), np.asarray(first[1])
+            w = None
             if x.ndim == len(model.inputs[0].shape) - 1:
                 raise ValueError(
                     f"`{what}` yields single samples of shape {x.shape}, not batches: call "
                     f".batch(batch_size) on the dataset. Model {model.name!r} expects batches "
                     f"of shape {tuple(model.inputs[0].shape)}."
                 )
+            if len(x) != len(y):
+                raise ValueError(
+                    f"`{what}`: a batch's x and y have different lengths ({len(x)} and "
+                    f"{len(y)})."
+                )
             self._check(x, y, model)
+            if len(first) == 3:
+                w = _check_weights(first[2], len(x), what, "the batch (first batch checked)")
+                self.weighted = True
             static = data.element_spec[0].shape[0]
             if self._split == "shards" and (static is None or static % self.devices):
                 raise ValueError(
@@ -116,22 +210,27 @@ class TrainData:
                 )
             card = int(data.cardinality())
             self.steps = card if card > 0 else sum(1 for _ in data)
-            self.digest = f"dataset:{self.steps}:{data_digest(x, y)}"  # first batch
-        elif isinstance(data, tuple | list) and len(data) == 2:
+            self.digest = f"dataset:{self.steps}:{data_digest(x, y, w)}"  # first batch
+        elif _is_pair_or_triple(data):
             x, y = np.asarray(data[0]), np.asarray(data[1])
             if len(x) != len(y):
                 raise ValueError(
                     f"`{what}`: x and y have different lengths ({len(x)} and {len(y)})."
                 )
             self._check(x, y, model)
+            if len(data) == 3:
+                self.w = _check_weights(data[2], len(x), what, f"x ({len(x)} samples)")
+                self.weighted = True
             self.x, self.y = x.astype("float32", copy=False), y
             self.steps = math.ceil(len(x) / self.batch_size)
-            self.digest = data_digest(x, y)
+            self.digest = data_digest(x, y, self.w)
             self._check_split(len(x))
         else:
+            length = f" of length {len(data)}" if isinstance(data, tuple | list) else ""
             raise TypeError(
-                f"`{what}` must be a tuple (x, y) of numpy arrays or a tf.data.Dataset of "
-                f"(x, y) batches. Received: {type(data).__name__}"
+                f"`{what}` must be a tuple (x, y) or (x, y, sample_weight) of numpy arrays, "
+                "or a tf.data.Dataset of (x, y) or (x, y, sample_weight) batches. Received: "
+                f"{type(data).__name__}{length}"
             )
 
     def _check(self, x, y, model):
@@ -192,10 +291,14 @@ class TrainData:
             )
 
     def fit_kwargs(self):
-        """Arguments for ``fit``: the dataset, or the arrays shuffled by Keras."""
+        """Arguments for ``fit``: the dataset, or the arrays (and ``sample_weight``)
+        shuffled by Keras."""
         if self.dataset is not None:
             return {"x": self.dataset, "shuffle": False}
-        return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
+        kwargs = {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
+        if self.w is not None:
+            kwargs["sample_weight"] = self.w
+        return kwargs
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with
@@ -212,9 +315,9 @@ class TrainData:
         # shuffle=False: the order is SeededBatches' own (Keras would shuffle the batches
         # with Python's global random state, which a resumed run does not share).
         if whole:
-            batches = SeededBatches(self.x, self.y, self.batch_size, seed)
+            batches = SeededBatches(self.x, self.y, self.batch_size, seed, sample_weight=self.w)
             return {"x": batches, "epochs": int(epochs), "shuffle": False}, steps
-        batches = SeededBatches(self.x, self.y, self.batch_size, seed, steps)
+        batches = SeededBatches(self.x, self.y, self.batch_size, seed, steps, self.w)
         return {"x": batches, "epochs": 1, "shuffle": False}, steps
 
     def sample(self, n, seed):
@@ -222,22 +325,12 @@ class TrainData:
         if self.dataset is None:
             idx = np.sort(np.random.default_rng(seed).permutation(len(self.x))[:n])
             return self.x[idx], np.asarray(self.y)[idx]
-        x, y = next(iter(self.dataset))
+        x, y = next(iter(self.dataset))[:2]
         return np.asarray(x, dtype="float32")[:n], np.asarray(y)[:n]
 
     def images(self, n, seed):
         """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
-        if self.dataset is None:
-            n = min(n, len(self.x))
-            idx = np.random.default_rng(seed).choice(len(self.x), size=n, replace=False)
-            return self.x[np.sort(idx)]
-        out, total = [], 0
-        for x, _ in self.dataset:
-            out.append(np.asarray(x))
-            total += len(out[-1])
-            if total >= n:
-                break
-        return np.concatenate(out)[:n].astype("float32")
+        return sample_images(self.x if self.dataset is None else self.dataset, n, seed)
 
     def batches(self, n, seed, merge=1):
         """Up to ``n`` batches of inputs, for re-estimating BatchNorm statistics, yielded
@@ -252,10 +345,10 @@ class TrainData:
                 yield self.x[np.sort(rows)]
             return
         chunk = []
-        for i, (x, _) in enumerate(self.dataset):
+        for i, element in enumerate(self.dataset):
             if i >= n:
                 break
-            chunk.append(np.asarray(x, dtype="float32"))
+            chunk.append(np.asarray(element[0], dtype="float32"))
             if len(chunk) == merge:
                 yield np.concatenate(chunk)
                 chunk = []

@@ -5,12 +5,14 @@ import time
 import keras
 
 from bitat_keras import quantizers
-from bitat_keras._data import TrainData
+from bitat_keras._data import TrainData, with_sample_weight
 from bitat_keras.distill import Distiller
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize
+from bitat_keras.precision import float32_policy
 from bitat_keras.training import (
     accuracy,
+    compile_result,
     jit_compile,
     linear_decay,
     recalibrate_batchnorm,
@@ -35,14 +37,18 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
 
 
 def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=256,
-              verbose=0, callbacks=None):  # fmt: skip
+              verbose=0, callbacks=None, sample_weight=None):  # fmt: skip
     """All eligible convs binarized at once from the FP weights, task loss only.
 
     Args:
         fp_model: the pre-trained full-precision model (left untouched).
-        train_data: ``(x, y)`` arrays or a tf.data.Dataset of batches.
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or a tf.data.Dataset
+            of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
         epochs: training epochs (Adam, linear decay to 0).
         learning_rate, batch_size, verbose, callbacks: as in ``keras.Model.fit``.
+        sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
+            ``(x, y)`` ``train_data``, as in ``keras.Model.fit``. A ValueError with a
+            Dataset or ``(x, y, sample_weight)`` data (give the weights there).
 
     Returns:
         ``(model, seconds)``.
@@ -51,19 +57,34 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=25
         >>> bnn, seconds = naive_ste(fp, (x, y), epochs=15)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    model = binarize(fp_model)
-    data = TrainData(train_data, model, batch_size)
-    _train(model, data, epochs, learning_rate, None, None, verbose, callbacks)
-    return _compiled(model), time.perf_counter() - start
+    train_data = with_sample_weight(train_data, sample_weight)
+    with float32_policy():  # a mixed-precision model comes back float32 (precision.py)
+        model = binarize(fp_model, train_data)
+        data = TrainData(train_data, model, batch_size)
+        _train(model, data, epochs, learning_rate, None, None, verbose, callbacks)
+    return compile_result(model), time.perf_counter() - start
 
 
 def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=256,
-                      weight_decay=1e-5, verbose=0, callbacks=None):  # fmt: skip
+                      weight_decay=1e-5, verbose=0, callbacks=None,
+                      sample_weight=None):  # fmt: skip
     """ReActNet's two-step recipe with the FP model as teacher (distributional loss).
 
     Step 1 binarizes the activations only (real weights, weight decay ``weight_decay``);
     step 2 binarizes the weights too (weight decay 0). ``epochs`` is the total budget,
     split evenly (step 1 gets the extra epoch of an odd budget). Adam, linear decay.
+
+    Args:
+        fp_model: the pre-trained full-precision model (left untouched; the teacher).
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or a tf.data.Dataset
+            of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+        epochs: total training epochs of both steps (at least 2).
+        learning_rate, batch_size, verbose, callbacks: as in ``keras.Model.fit``.
+        weight_decay: Adam's weight decay in step 1.
+        sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
+            ``(x, y)`` ``train_data``; they weight the distributional loss as Keras
+            weights a loss, ``sum(w_i * loss_i) / batch_size``. A ValueError with a
+            Dataset or ``(x, y, sample_weight)`` data (give the weights there).
 
     Returns:
         ``(model, seconds)``.
@@ -74,22 +95,19 @@ def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=1e-3, batch
     if epochs < 2:
         raise ValueError(f"ReActNet's two steps need epochs >= 2. Received: epochs={epochs}")
     start = time.perf_counter()
-    teacher = keras.models.clone_model(fp_model)
-    teacher.set_weights(fp_model.get_weights())
-    model = binarize(fp_model, kernel_quantizer=None)
-    data = TrainData(train_data, model, batch_size)
-    step1 = (epochs + 1) // 2
-    _train(model, data, step1, learning_rate, weight_decay, teacher, verbose, callbacks)
-    for layer in model.layers:
-        if isinstance(layer, BinaryConv2D):
-            layer.kernel_quantizer = quantizers.get("ste_sign")
-    _train(model, data, epochs - step1, learning_rate, None, teacher, verbose, callbacks)
-    return _compiled(model), time.perf_counter() - start
-
-
-def _compiled(model):
-    model.compile(loss=task_loss(), metrics=["accuracy"])
-    return model
+    train_data = with_sample_weight(train_data, sample_weight)
+    with float32_policy():
+        teacher = keras.models.clone_model(fp_model)
+        teacher.set_weights(fp_model.get_weights())
+        model = binarize(fp_model, train_data, kernel_quantizer=None)
+        data = TrainData(train_data, model, batch_size)
+        step1 = (epochs + 1) // 2
+        _train(model, data, step1, learning_rate, weight_decay, teacher, verbose, callbacks)
+        for layer in model.layers:
+            if isinstance(layer, BinaryConv2D):
+                layer.kernel_quantizer = quantizers.get("ste_sign")
+        _train(model, data, epochs - step1, learning_rate, None, teacher, verbose, callbacks)
+    return compile_result(model), time.perf_counter() - start
 
 
 __all__ = ["accuracy", "naive_ste", "reactnet_two_step"]

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from bitat_keras.layers import BinaryConv2D
+from bitat_keras.structure import walk_layers
 
 __all__ = ["FlipRateLogger", "binary_layers", "flip_rate", "kernel_signs"]
 
@@ -12,8 +13,6 @@ __all__ = ["FlipRateLogger", "binary_layers", "flip_rate", "kernel_signs"]
 def binary_layers(model):
     """The layers of ``model`` (nested models included) whose kernel is binarized: every
     ``BinaryConv2D`` with a kernel quantizer, by name."""
-    from bitat_keras.models import walk_layers
-
     return {
         layer.name: layer
         for layer in walk_layers(model)

@@ -66,12 +66,17 @@ def weights_digest(model):
     return f"{_crc(np.asarray(w) for w in model.get_weights()):08x}"
 
 
-def data_digest(x, y, sample=64):
+def data_digest(x, y, sample_weight=None, sample=64):
     """A cheap fingerprint of numpy training data: count, shapes, dtypes and a checksum of
-    ``sample`` evenly spaced examples."""
+    ``sample`` evenly spaced examples; with per-sample weights also a checksum of every
+    weight (one number a sample: cheap), so that any change of the weights changes it."""
     x, y = np.asarray(x), np.asarray(y)
     rows = np.unique(np.linspace(0, len(x) - 1, num=min(sample, len(x))).astype(int))
-    return f"{len(x)}:{x.shape}:{x.dtype}:{y.shape}:{y.dtype}:{_crc([x[rows], y[rows]]):08x}"
+    digest = f"{len(x)}:{x.shape}:{x.dtype}:{y.shape}:{y.dtype}:{_crc([x[rows], y[rows]]):08x}"
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype="float32")
+        digest += f":w{w.shape}:{_crc([w]):08x}"
+    return digest
 
 
 class Checkpointer:

@@ -18,12 +18,32 @@ def per_replica(loss):
     return loss
 
 
+def weighted_mean(per_sample, sample_weight=None):
+    """The batch mean of ``per_sample`` losses, each weighted by ``sample_weight`` (shape
+    (batch,), or None: unweighted), reduced as Keras reduces a weighted loss
+    ("sum_over_batch_size"): ``sum(w_i * l_i) / batch_size``."""
+    if sample_weight is None:
+        return ops.mean(per_sample)
+    weights = ops.reshape(ops.cast(sample_weight, per_sample.dtype), (-1,))
+    return ops.mean(per_sample * weights)
+
+
+def soft_cross_entropy(teacher_logits, logits, sample_weight=None):
+    """``- sum_c softmax(teacher)(c) log softmax(logits)(c)`` per sample (no gradient to
+    the teacher), reduced over the batch by ``weighted_mean``; not scaled per replica."""
+    target = ops.stop_gradient(ops.softmax(teacher_logits, axis=-1))
+    per_sample = -ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1)
+    return weighted_mean(per_sample, sample_weight)
+
+
 class Distiller(keras.Model):
     """Trains ``student`` on ``teacher``'s output distribution (plus optional task loss).
 
     The loss is the cross-entropy between the teacher's softmax and the student's
     (KL divergence up to a constant), ``- sum_c p_teacher(c) log p_student(c)``, averaged
-    over the batch. With ``alpha > 0`` the compiled task loss is added with weight alpha.
+    over the batch; with per-sample weights (``fit(x, y, sample_weight=w)`` or
+    ``(x, y, w)`` batches) as Keras weights its losses, ``sum(w_i * l_i) / batch_size``.
+    With ``alpha > 0`` the compiled task loss is added with weight alpha.
     The teacher is frozen and runs in inference mode. Both models must output logits.
     Without a teacher, the compiled task loss alone is used.
 
@@ -50,15 +70,15 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
 
-    def distribution_loss(self, x, y_pred):
-        target = ops.stop_gradient(ops.softmax(self.teacher(x, training=False), axis=-1))
-        log_probs = ops.log_softmax(y_pred, axis=-1)
-        return per_replica(-ops.mean(ops.sum(target * log_probs, axis=-1)))
+    def distribution_loss(self, x, y_pred, sample_weight=None):
+        """The teacher term on the batch ``x``, weighted by ``sample_weight`` (or None)."""
+        teacher = self.teacher(x, training=False)
+        return per_replica(soft_cross_entropy(teacher, y_pred, sample_weight))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.teacher is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        loss = self.distribution_loss(x, y_pred)
+        loss = self.distribution_loss(x, y_pred, sample_weight)
         if self.alpha:
             task = super().compute_loss(x, y, y_pred, sample_weight, training=training)
             loss = loss + self.alpha * task

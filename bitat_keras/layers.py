@@ -44,6 +44,10 @@ class BinaryConv2D(keras.layers.Conv2D):
         input_quantizer: ``"approx_sign"`` (default), ``"ste_sign"``, a quantizer or ``None``.
         kernel_quantizer: ``"ste_sign"`` (default), ``"approx_sign"``, a quantizer or ``None``.
         kernel_scale: ``"per_channel"`` (mean |w| per output channel) or ``None`` (pure +-1).
+        input_threshold: ``True`` gives the layer a trainable per-input-channel threshold
+            ``t`` and binarizes ``x - t`` instead of ``x`` (ReActNet's RSign shift). Needed
+            when the input is one-signed, e.g. after a ReLU: ``sign(x)`` of values >= 0 is
+            always +1 and carries nothing. ``bk.thresholds`` initialises ``t`` from data.
         **kwargs: any other ``keras.layers.Conv2D`` argument (``use_bias``, initializers,
             ``kernel_constraint`` which also accepts ``"weight_clip"``, ...). Only
             ``data_format="channels_last"`` is supported.
@@ -63,6 +67,7 @@ class BinaryConv2D(keras.layers.Conv2D):
         input_quantizer="approx_sign",
         kernel_quantizer="ste_sign",
         kernel_scale="per_channel",
+        input_threshold=False,
         **kwargs,
     ):
         if kwargs.get("data_format", "channels_last") not in (None, "channels_last"):
@@ -87,6 +92,8 @@ class BinaryConv2D(keras.layers.Conv2D):
         self.input_quantizer = quantizers.get(input_quantizer)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.kernel_scale = kernel_scale
+        self.input_threshold = bool(input_threshold)
+        self.threshold = None
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -95,6 +102,24 @@ class BinaryConv2D(keras.layers.Conv2D):
                 f"channels). Received input shape: {tuple(input_shape)}"
             )
         super().build(input_shape)
+        if self.input_threshold:
+            self.threshold = self.add_weight(
+                shape=(input_shape[-1],), initializer="zeros", name="input_threshold"
+            )
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)  # kernel, bias (Conv2D's own layout)
+        if self.built and self.threshold is not None:
+            store[str(1 + self.use_bias)] = self.threshold
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and self.threshold is not None:
+            self.threshold.assign(store[str(1 + self.use_bias)])
+
+    def shifted(self, x):
+        """``x - t`` with the layer's input threshold, or ``x`` without one."""
+        return x if self.threshold is None else x - self.threshold
 
     def quantized_kernel(self):
         """The kernel the convolution uses: ``alpha[o] * sign(w)`` (STE gradient)."""
@@ -129,7 +154,7 @@ class BinaryConv2D(keras.layers.Conv2D):
         x = inputs
         padding = self.padding
         if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
+            x = self.input_quantizer(self.shifted(x))
             if padding == "same" and self.pad_values != 0.0:
                 x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
                 padding = "valid"
@@ -159,6 +184,7 @@ class BinaryConv2D(keras.layers.Conv2D):
                 "input_quantizer": serialize(self.input_quantizer),
                 "kernel_quantizer": serialize(self.kernel_quantizer),
                 "kernel_scale": self.kernel_scale,
+                "input_threshold": self.input_threshold,
             }
         )
         return config

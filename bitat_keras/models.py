@@ -2,13 +2,19 @@
 
 import keras
 
+from bitat_keras._data import sample_images
+from bitat_keras.binarization_plan import plan
 from bitat_keras.layers import BinaryConv2D, LearnableBias, RPReLU
+from bitat_keras.precision import float32_config, float32_policy
+from bitat_keras.structure import check_model, eligible_layers, walk_layers
 from bitat_keras.summary import summary
+from bitat_keras.thresholds import NO_DATA_THRESHOLD, set_thresholds
 
 __all__ = [
     "MOBILENET_V1_BLOCKS",
     "binarize",
     "check_model",
+    "copy_weights",
     "eligible_layers",
     "reactnet_mobilenet",
     "summary",
@@ -127,101 +133,37 @@ def reactnet_mobilenet(
     return keras.Model(inputs, outputs, name=name or f"reactnet_mobilenet_{kind}")
 
 
-def _is_plain_conv(layer):
-    return (
-        isinstance(layer, keras.layers.Conv2D)
-        and getattr(layer, "groups", 1) == 1
-        and type(layer) in (keras.layers.Conv2D, BinaryConv2D)
-    )
-
-
-def check_model(model, what="model", training=True):
-    """Raise a clear error, before any work, unless ``model`` is a built ``keras.Model``
-    this library can handle.
-
-    For conversion (``training=False``) that is any built model. For ``progressive_fit``
-    (``training=True``) also: one input, no nested sub-model holding convolutions (their
-    convs would be skipped silently: build the model flat), and no dilated eligible conv
-    (the input statistics, Eq. 5, are im2col patches of an undilated kernel).
-
-    Args:
-        model: the object to check.
-        what: the argument's name in error messages.
-        training: check what ``progressive_fit`` needs too.
-
-    Example:
-        >>> check_model(reactnet_mobilenet((28, 28, 1), 10, 0.25))
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`{what}` must be a keras.Model (functional or Sequential). "
-            f"Received: {model!r} of type {type(model).__name__}"
-        )
-    if not model.built or (training and not getattr(model, "inputs", None)):
-        raise ValueError(
-            f"Model {model.name!r} is not built: give it a `keras.Input` (a functional or "
-            "Sequential model with a known input shape) before passing it."
-        )
-    if not training:
-        return
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"Model {model.name!r} has {len(model.inputs)} inputs; progressive_fit needs a "
-            "model with exactly one image input."
-        )
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and any(
-            isinstance(sub, keras.layers.Conv2D) for sub in walk_layers(layer)
-        ):
-            raise ValueError(
-                f"Model {model.name!r} nests the sub-model {layer.name!r}, which holds "
-                "convolutions progressive_fit would not see. Build the model flat (call the "
-                "sub-model's layers directly on the outer model's tensors)."
-            )
-    for name in eligible_layers(model):
-        layer = model.get_layer(name)
-        if tuple(layer.dilation_rate) != (1, 1):
-            raise ValueError(
-                f"Layer {name!r} has dilation_rate={tuple(layer.dilation_rate)}; BiTAT's "
-                "input statistics support undilated convs only (dilation_rate=1)."
-            )
-
-
-def walk_layers(layer):
-    """Yield every sub-layer of ``layer`` (nested models included), depth first."""
-    for sub in getattr(layer, "layers", None) or ():
-        yield sub
-        yield from walk_layers(sub)
-
-
-def eligible_layers(model):
-    """Names of the convs `binarize` turns binary, bottom to top.
-
-    Every regular ``Conv2D`` (groups=1; no depthwise or separable conv) except the first conv
-    of the model and a conv that is the model's last weighted layer (the classifier).
-    """
-    weighted = [layer for layer in model.layers if layer.weights]
-    convs = [layer for layer in weighted if isinstance(layer, keras.layers.Conv2D)]
-    first = convs[0] if convs else None
-    head = weighted[-1] if weighted else None
-    return [
-        layer.name
-        for layer in weighted
-        if _is_plain_conv(layer) and layer is not first and layer is not head
-    ]
-
-
-def binarize(model, *, input_quantizer="approx_sign", kernel_quantizer="ste_sign", pad_values=1.0):
+def binarize(
+    model,
+    data=None,
+    *,
+    input_quantizer="approx_sign",
+    kernel_quantizer="ste_sign",
+    pad_values=1.0,
+    thresholds="auto",
+):
     """Return a new model where every eligible ``Conv2D`` is a ``BinaryConv2D``.
 
     Weights are copied from ``model``; the original is left untouched. Layers that are
-    already ``BinaryConv2D`` get the given quantizers too.
+    already ``BinaryConv2D`` get the given quantizers too. ``bk.plan(model, data)`` shows
+    beforehand which layers are binarized, which stay float and why.
+
+    A binarized conv whose input is one-signed (after a ReLU/ReLU6, ``sign`` maps every
+    value to +1) gets a learnable input threshold (``sign(x - t)``), initialised from
+    ``data`` so that the sign splits each channel's values; without data, thresholds go to
+    the convs fed by a ReLU/ReLU6 in the graph and start at a small positive value (0 maps
+    to -1, positive values to +1). A model under a mixed-precision policy comes back in
+    float32 (binary layers and LCE export compute in float32).
 
     Args:
         model: a built functional or Sequential ``keras.Model``.
+        data: optional sample of the training data (``(x, y)`` arrays, images, or a
+            ``tf.data.Dataset``) for the input statistics.
         input_quantizer: quantizer for the convs' inputs (``None`` keeps them real).
         kernel_quantizer: quantizer for the kernels (``None`` keeps them real).
         pad_values: one-padding (1.0, converts to LCE) or zero-padding (0.0).
+        thresholds: ``"auto"`` (as above), or the names of the layers that get one
+            (initialised from ``data`` when given).
 
     Example:
         >>> fp = reactnet_mobilenet((28, 28, 1), num_classes=10, width_multiplier=0.25)
@@ -235,24 +177,55 @@ def binarize(model, *, input_quantizer="approx_sign", kernel_quantizer="ste_sign
             "Input) before binarizing."
         )
     names = set(eligible_layers(model))
+    if thresholds == "auto":
+        decided = plan(
+            model, data, input_quantized=input_quantizer is not None, warn=True, stacklevel=3
+        )
+        decided.check()
+        thresholds = decided.thresholded
+    thresholds = list(thresholds) if input_quantizer is not None else []
+    unknown = sorted(set(thresholds) - names)
+    if unknown:
+        raise ValueError(
+            f"`thresholds` names layers that are not binarized: {unknown}. Binarized layers: "
+            f"{sorted(names)}"
+        )
 
     def clone(layer):
+        config = float32_config(layer.get_config())
         if layer.name not in names:
-            return layer.__class__.from_config(layer.get_config())
-        config = layer.get_config()
+            return layer.__class__.from_config(config)
         for key in ("groups", "lora_rank", "lora_alpha"):
             config.pop(key, None)
         config.update(
             pad_values=pad_values,
             input_quantizer=input_quantizer,
             kernel_quantizer=kernel_quantizer,
+            input_threshold=layer.name in thresholds,
         )
         if type(layer) is BinaryConv2D:
-            config.pop("kernel_scale", None)
-            return BinaryConv2D.from_config({**config, "kernel_scale": layer.kernel_scale})
+            config["kernel_scale"] = layer.kernel_scale
         return BinaryConv2D.from_config(config)
 
-    new = keras.models.clone_model(model, clone_function=clone)
-    for src, dst in zip(model.layers, new.layers, strict=True):
-        dst.set_weights(src.get_weights())
+    with float32_policy():
+        new = keras.models.clone_model(model, clone_function=clone)
+    copy_weights(model, new)
+    if thresholds and data is None:
+        for name in thresholds:
+            new.get_layer(name).threshold.assign(
+                keras.ops.full(new.get_layer(name).threshold.shape, NO_DATA_THRESHOLD)
+            )
+    elif thresholds:
+        set_thresholds(new, thresholds, sample_images(data, 256, 0))
     return new
+
+
+def copy_weights(src_model, dst_model):
+    """Copy every layer's weights from ``src_model`` to its clone ``dst_model``; a
+    ``BinaryConv2D`` that gained an input threshold keeps its own threshold values."""
+    for src, dst in zip(src_model.layers, dst_model.layers, strict=True):
+        weights = src.get_weights()
+        extra = dst.weights[len(weights) :]
+        if extra and all(w.path.endswith("input_threshold") for w in extra):
+            weights += [keras.ops.convert_to_numpy(w) for w in extra]
+        dst.set_weights(weights)

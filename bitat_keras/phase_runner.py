@@ -15,10 +15,12 @@ from keras import ops
 
 from bitat_keras import phases, training
 from bitat_keras._data import TrainData
+from bitat_keras.binarization_plan import plan
 from bitat_keras.block import BlockTransform
 from bitat_keras.callbacks import flip_rate, kernel_signs
 from bitat_keras.config import check_phase_steps
 from bitat_keras.models import binarize, eligible_layers
+from bitat_keras.thresholds import set_thresholds
 from bitat_keras.trained_block import TrainedBlock, partition
 
 __all__ = ["NonFiniteLossError", "PhaseRunner"]
@@ -61,20 +63,34 @@ class PhaseRunner:
         self.callbacks = list(callbacks or [])
         self.verbose = verbose
         self.loss = _resolve_loss(model)
+        self.data = TrainData(train_data, model, config.batch_size)
+        self.plan = plan(
+            model,
+            self.data.images(config.stats_images, config.seed),
+            seed=config.seed,
+            warn=True,
+            stacklevel=4,  # the caller of progressive_fit
+        )
+        if verbose:
+            print(self.plan, flush=True)
+        self.plan.check()
         plain = binarize(
-            model, input_quantizer=config.input_quantizer, kernel_quantizer=config.kernel_quantizer
+            model,
+            input_quantizer=config.input_quantizer,
+            kernel_quantizer=config.kernel_quantizer,
+            thresholds=self.plan.thresholded,
         )
         self.names = eligible_layers(plain)
         if not self.names:
             raise ValueError(
-                f"Model {model.name!r} has no layer progressive_fit can binarize: it needs "
-                "regular Conv2D layers besides the first conv and the classifier."
+                f"Model {model.name!r} has no layer progressive_fit can binarize (it needs "
+                "regular, undilated Conv2D layers besides the first conv and the "
+                f"classifier):\n{self.plan}"
             )
         self.net = phases.gated_model(plain, self.names)
         self.position = {layer.name: i for i, layer in enumerate(self.net.layers)}
         bn = keras.layers.BatchNormalization
         self.bns = [layer for layer in self.net.layers if isinstance(layer, bn)]
-        self.data = TrainData(train_data, self.net, config.batch_size)
         self.val = None
         if validation_data is not None:
             self.val = TrainData(validation_data, self.net, config.batch_size, "validation_data")
@@ -232,6 +248,13 @@ class PhaseRunner:
         """Every eligible layer gets binary inputs (its weights stay as they are)."""
         for i in range(len(self.names)):
             self.trainer.set_binary(i, inputs=True)
+
+    def init_thresholds(self, names, seed):
+        """Initialise the input thresholds of ``names`` (those the plan gave one) from
+        their inputs now, with the layers below in their current state."""
+        names = [n for n in names if n in self.plan.thresholded]
+        if names:
+            set_thresholds(self.net, names, self.data.images(self.config.stats_images, seed))
 
     # -- checkpoint (de)serialization of the blocks ------------------------------------------
     def block_state(self):

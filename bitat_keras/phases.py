@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from bitat_keras import training
-from bitat_keras.distill import per_replica
+from bitat_keras.distill import per_replica, soft_cross_entropy
 from bitat_keras.layers import BinaryConv2D
 
 __all__ = [
@@ -75,7 +75,7 @@ class GatedBinaryConv2D(BinaryConv2D):
         x = inputs
         padding = self.padding
         on_input = self.gates.input > 0.5
-        x = ops.where(on_input, self.input_quantizer(x), x)
+        x = ops.where(on_input, self.input_quantizer(self.shifted(x)), x)
         if padding == "same" and self.pad_values != 0.0:
             pads = self._one_padding(x.shape)
             border = ops.pad(ops.zeros_like(x), pads, constant_values=self.pad_values)
@@ -285,10 +285,13 @@ class PhaseTrainer(keras.Model):
 
     # -- loss --------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The task loss or (``distill`` gate at 1) the teacher term, both weighted by
+        ``sample_weight`` as Keras weights a loss (``sum(w_i * l_i) / batch_size``); in
+        training, plus the Eq. 13 terms of the block being quantized."""
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         if self.teacher is not None:
-            target = ops.stop_gradient(ops.softmax(self.teacher(x, training=False), axis=-1))
-            kd = per_replica(-ops.mean(ops.sum(target * ops.log_softmax(y_pred), axis=-1)))
+            teacher = self.teacher(x, training=False)
+            kd = per_replica(soft_cross_entropy(teacher, y_pred, sample_weight))
             loss = loss + self.distill_gate * (kd - loss)
         if not training:
             return loss

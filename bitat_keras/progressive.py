@@ -7,13 +7,15 @@ import time
 import keras
 import numpy as np
 
-from bitat_keras import phases, transform
+from bitat_keras import phases, training, transform
+from bitat_keras._data import with_sample_weight
 from bitat_keras.block import BlockTransform
 from bitat_keras.checkpoint import Checkpointer, weights_digest
 from bitat_keras.config import BiTATConfig
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import check_model
 from bitat_keras.phase_runner import NonFiniteLossError, PhaseRunner
+from bitat_keras.precision import float32_policy
 from bitat_keras.statistics import patch_rows
 from bitat_keras.trained_block import TrainedBlock, v_parameters
 from bitat_keras.training import recalibrate_batchnorm
@@ -43,6 +45,7 @@ class BiTATResult:
         seconds: wall time of the whole run (this process only, when resumed).
         traces: how many times the training step was traced (compiled): one for the whole
             run, plus one for a last partial batch of another size.
+        plan: the ``BinarizationPlan`` decided before training (``print(result.plan)``).
     """
 
     model: keras.Model
@@ -52,6 +55,7 @@ class BiTATResult:
     v_parameters: dict
     seconds: float
     traces: int = 0
+    plan: object = None
 
     # Kinds of work in a record's "seconds" that are optimizer steps; the rest (statistics,
     # grouping, PCA, BatchNorm re-estimation, validation) and tracing are the loop's overhead.
@@ -98,6 +102,7 @@ class _Algorithm1(PhaseRunner):
         )
         before = self.trainer.get_weights()
         self.binarize_activations()
+        self.init_thresholds(self.names, cfg.seed)
         self.trainer.set_block(None)
         self.trainer.set_distill(cfg.distillation != "none")
         self.run_phase(
@@ -181,6 +186,8 @@ class _Algorithm1(PhaseRunner):
         record = {"layer": name, "index": index, "phase": "quantize", "seconds": {}}
         self.log(f"layer {index + 1}/{total} {name!r}: quantize, {cfg.epochs_per_layer} epochs")
         before = self.trainer.get_weights()
+        if not cfg.activations_first_epochs:  # else set with every layer's, at the start
+            self.init_thresholds([name], cfg.seed + index)
         self.trainer.set_binary(index, inputs=True, kernel=True)
         self.init_transform(index, name, record)
         b = self.block_index[name]
@@ -277,6 +284,7 @@ def progressive_fit(
     callbacks=None,
     checkpoint_dir=None,
     verbose="auto",
+    sample_weight=None,
 ):
     """Binarize ``model`` layer by layer, bottom to top, with BiTAT (Algorithm 1).
 
@@ -293,7 +301,8 @@ def progressive_fit(
 
     Args:
         model: a built, pre-trained full-precision Keras model (or one from ``bk.binarize``).
-        train_data: ``(x, y)`` numpy arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` numpy arrays, or a
+            ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
         config: a ``BiTATConfig`` (its defaults if None; ``BiTATConfig.paper()`` for the
             paper's settings).
         validation_data: optional data of the same kind, evaluated after every phase.
@@ -302,6 +311,11 @@ def progressive_fit(
             arguments resumes after the last completed layer (or the final phase).
         verbose: Keras verbosity for the epoch level; any truthy value also prints the
             layer level ("layer k/L").
+        sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
+            ``(x, y)`` ``train_data``, as in ``keras.Model.fit``: every phase's task loss
+            and teacher term become ``sum(w_i * loss_i) / batch_size`` per batch (the
+            input statistics and BatchNorm re-estimation use every sample). A ValueError
+            with a Dataset or ``(x, y, sample_weight)`` data (give the weights there).
 
     Returns:
         A ``BiTATResult``.
@@ -315,28 +329,32 @@ def progressive_fit(
     config = config or BiTATConfig()
     if not isinstance(config, BiTATConfig):
         raise TypeError(f"`config` must be a BiTATConfig. Received: {type(config).__name__}")
-    check_model(model)
-    run = _Algorithm1(model, train_data, config, validation_data, callbacks, verbose)
-    first, state = 0, None
-    if checkpoint_dir is not None:
-        run.ckpt = Checkpointer(checkpoint_dir, _fingerprint(config, run.names, model, run.data))
-        state = run.ckpt.load()
-        if state is not None:
-            first = run.restore(state)
-            run.log(f"resuming from {checkpoint_dir!r} after layer {first}/{len(run.names)}")
-    if config.activations_first_epochs and state is None:
-        run.activation_phase()
-    for index in range(first, len(run.names)):
-        run.step(index)
-    if config.final_epochs and not (state is not None and state.get("final_done")):
-        run.final_phase()
-        run.recalibrate(run.history[-1], None)
-        if run.ckpt is not None:
-            run.ckpt.save(run.net, len(run.names), run.history, *run.block_state(), final=True)
-    net = run.model()
-    for layer in net.layers:
-        layer.trainable = not isinstance(layer, BinaryConv2D)
-    net.compile(loss=run.loss, metrics=["accuracy"])
+    with float32_policy():  # every layer built from here on computes in float32
+        check_model(model)
+        train_data = with_sample_weight(train_data, sample_weight)
+        run = _Algorithm1(model, train_data, config, validation_data, callbacks, verbose)
+        first, state = 0, None
+        if checkpoint_dir is not None:
+            run.ckpt = Checkpointer(
+                checkpoint_dir, _fingerprint(config, run.names, model, run.data)
+            )
+            state = run.ckpt.load()
+            if state is not None:
+                first = run.restore(state)
+                run.log(f"resuming from {checkpoint_dir!r} after layer {first}/{len(run.names)}")
+        if config.activations_first_epochs and state is None:
+            run.activation_phase()
+        for index in range(first, len(run.names)):
+            run.step(index)
+        if config.final_epochs and not (state is not None and state.get("final_done")):
+            run.final_phase()
+            run.recalibrate(run.history[-1], None)
+            if run.ckpt is not None:
+                run.ckpt.save(run.net, len(run.names), run.history, *run.block_state(), final=True)
+        net = run.model()
+        for layer in net.layers:
+            layer.trainable = not isinstance(layer, BinaryConv2D)
+        training.compile_result(net, run.loss)
     return BiTATResult(
         model=net,
         history=run.history,
@@ -345,4 +363,5 @@ def progressive_fit(
         v_parameters=v_parameters(run.transforms),
         seconds=time.perf_counter() - start,
         traces=run.trainer.traces,
+        plan=run.plan,
     )

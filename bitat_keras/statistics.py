@@ -30,6 +30,8 @@ def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, b
     )
     pad_value = 0.0
     if binarized:
+        if getattr(layer, "input_threshold", False):  # sign(x - t)
+            inputs = inputs - keras.ops.convert_to_numpy(layer.threshold)
         inputs = np.where(inputs >= 0, 1.0, -1.0).astype(np.float32)
         pad_value = getattr(layer, "pad_values", 0.0)
     rows = im2col(

@@ -7,6 +7,8 @@ import numpy as np
 
 __all__ = [
     "accuracy",
+    "call_model",
+    "compile_result",
     "gradient",
     "jit_compile",
     "linear_decay",
@@ -33,6 +35,25 @@ def linear_decay(lr, steps):
 def task_loss():
     """Sparse categorical cross-entropy on logits (the default task loss)."""
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def call_model(model, x, training=False):
+    """``model(x)``, with ``x`` wrapped in a list for a functional model built on a list of
+    one input (``keras.Model([inp], out)``: Keras warns when it gets a bare tensor)."""
+    try:
+        as_list = isinstance(model.input, list | tuple)
+    except (AttributeError, ValueError):  # a Sequential model never called
+        as_list = False
+    return model([x] if as_list else x, training=training)
+
+
+def compile_result(model, loss=None):
+    """Compile a returned model with ``loss`` (default: ``task_loss()``) and accuracy, so
+    that ``evaluate`` works, and build its (unused) optimizer, so that a model saved from it
+    loads without Keras' warning about skipped optimizer variables."""
+    model.compile(loss=loss or task_loss(), metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def recalibrate_batchnorm(net, batches, layers=None):
@@ -66,7 +87,7 @@ def recalibrate_batchnorm(net, batches, layers=None):
         for count, x in enumerate(batches, start=1):
             for bn in bns:
                 bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
-            net(x, training=True)
+            call_model(net, x, training=True)
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m

@@ -12,9 +12,13 @@ Tolerances, and why:
   gradient all-reduce; synchronized BatchNorm's moments as E[x^2] - E[x]^2), which moves a
   loss by ~1e-7 relative (measured: 9e-8 TensorFlow, 0 JAX). A loss term of ours not
   scaled per replica doubles it; per-replica BatchNorm moves it by 1e-5 to 6e-5 (measured).
-- The deployed bits are identical: every binary kernel's sign(w) exactly, alpha to 1e-5.
-- 99 % of all weight entries (trainable and BatchNorm statistics) agree to 1e-5 (measured:
-  all of them to 1e-6). Not all: Adam divides each gradient by its own running RMS, so a
+- The deployed bits are identical: every binary kernel's sign(w) exactly; alpha (the
+  mean |w| of an output channel, so it averages in the noise-driven entries below) to
+  1e-4 (measured: up to 2.5e-5 relative on an AVX-512 Xeon, under 1e-5 elsewhere).
+- 99 % of all weight entries (trainable and BatchNorm statistics) agree to 3e-4 (measured:
+  all of them to 1e-6 on the CPUs of earlier runs; on an AVX-512 Xeon only 57 % to 1e-5 and
+  all to 1.9e-4, with the losses still within 1e-5 and every sign equal: the all-reduce's
+  float noise, amplified by Adam as below, reaches the layers under the binary conv). Not all: Adam divides each gradient by its own running RMS, so a
   parameter whose gradient sits at the float-noise level (a learnable threshold whose inputs
   lie on the sign's kink) takes steps of up to ~lr in a direction the noise picks (measured
   on a ReActNet block with two binary layers: up to 8e-5 for a few entries). Those are held
@@ -41,7 +45,7 @@ import pytest
 import bitat_keras as bk
 
 LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-5
+WEIGHT_ATOL = 3e-4
 WEIGHT_FRACTION = 0.99
 
 # The run both sides make: one binary layer, trained on the teacher's distribution plus the
@@ -184,7 +188,7 @@ def assert_same_training(folder, reference, other):
         wa, wb = a[f"{name}/kernel"], b[f"{name}/kernel"]
         np.testing.assert_array_equal(wa >= 0, wb >= 0, err_msg=f"{name}: binary weights")
         alpha_a, alpha_b = np.abs(wa).mean((0, 1, 2)), np.abs(wb).mean((0, 1, 2))
-        np.testing.assert_allclose(alpha_b, alpha_a, rtol=1e-5, err_msg=f"{name}: alpha")
+        np.testing.assert_allclose(alpha_b, alpha_a, rtol=1e-4, err_msg=f"{name}: alpha")
     diffs = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a.files])
     close = float(np.mean(diffs <= WEIGHT_ATOL))
     assert close >= WEIGHT_FRACTION, f"only {close:.2%} of the weights agree to {WEIGHT_ATOL}"

@@ -218,7 +218,7 @@ def test_too_few_steps_per_phase_warn_before_training_and_say_what_to_change():
     message = bk.config.check_phase_steps(config, steps_per_epoch=2, warn=False)
     assert "4 optimizer steps" in message and f"epochs_per_layer >= {50}" in message
     assert bk.config.check_phase_steps(config, steps_per_epoch=50, warn=False) is None
-    x = np.zeros((64, 8, 8, 1), "float32")
+    x = np.random.default_rng(0).random((64, 8, 8, 1), "float32")
     y = np.zeros(64, "int64")
     with pytest.warns(UserWarning, match="smaller batch_size"):
         with pytest.raises(bk.NonFiniteLossError):  # stop right after the warning

@@ -1,9 +1,41 @@
 """bk.models.summary against hand-computed counts and the LCE flatbuffer's size."""
 
+import warnings
+
 import keras
+import numpy as np
 import pytest
 
 import bitat_keras as bk
+from bitat_keras.summary import flatbuffer_estimate
+
+
+def trained_like(model, seed=0):
+    """Random weights and BatchNorm statistics as after training (in place): a fresh
+    model's zeros and repeated values are shared or dropped by the converter."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        shape = tuple(weight.shape)
+        if "variance" in weight.path:
+            values = rng.uniform(0.5, 1.5, shape)
+        elif "gamma" in weight.path:
+            values = rng.normal(1.0, 0.1, shape)
+        else:
+            values = rng.normal(0.0, 0.1, shape)
+        weight.assign(values.astype("float32"))
+    return model
+
+
+def tiny_bnn():
+    """A binarized Conv-BN-ReLU Sequential with about 1 KiB of weights."""
+    layers = [keras.Input((8, 8, 1))]
+    for _ in range(2):
+        layers += [keras.layers.Conv2D(8, 3, padding="same", use_bias=False)]
+        layers += [keras.layers.BatchNormalization(), keras.layers.ReLU()]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    with warnings.catch_warnings():  # no shortcut, ReLU inputs: expected here
+        warnings.simplefilter("ignore")
+        return trained_like(bk.binarize(keras.Sequential(layers, name="tiny")))
 
 
 def small_model():
@@ -44,7 +76,9 @@ def test_counts_memory_and_macs_match_hand_computed_values():
     assert stats["float_memory_kib"] == pytest.approx(4 * (1408 + 538) / 1024)
     assert stats["compression"] == pytest.approx(4 * 1946 / 1024 / memory)
     assert lines[0] == "Model 'small'" and any(line.startswith("total") for line in lines)
-    assert "compression" in lines[-1]
+    assert "compression" in lines[-2]
+    assert f"LCE flatbuffer ~{stats['flatbuffer_kib_estimate']:.2f} KiB" in lines[-1]
+    assert f"overhead of {stats['flatbuffer_overhead_kib']:.2f} KiB" in lines[-1]
 
 
 def test_a_float_model_has_no_binary_parameters_and_compression_one():
@@ -72,3 +106,26 @@ def test_memory_agrees_with_the_lce_flatbuffer_within_its_overhead():
     size_kib = len(flatbuffer) / 1024
     assert stats["total"]["binary_params"] > 0
     assert abs(size_kib - stats["total"]["memory_kib"]) < 0.25 * stats["total"]["memory_kib"]
+    trained = trained_like(bnn)
+    estimate = bk.models.summary(trained, print_fn=None)["flatbuffer_kib_estimate"]
+    assert estimate == pytest.approx(len(bk.convert_keras_model(trained)) / 1024, rel=0.05)
+
+
+def test_flatbuffer_estimate_bitpacks_binary_kernels_along_32_input_channels():
+    def stored(channels):
+        inputs = keras.Input((6, 6, channels))
+        outputs = bk.layers.BinaryConv2D(16, 3, use_bias=False)(inputs)
+        return flatbuffer_estimate(keras.Model(inputs, outputs))[0]
+
+    vectors = 2 * 16 * 4  # the float multiplier and bias per output channel
+    assert stored(8) == stored(32) == 16 * 9 * 4 + vectors  # one int32 word per 32 inputs
+    assert stored(33) == 16 * 9 * 8 + vectors
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="LCE needs TensorFlow")
+def test_a_tiny_models_flatbuffer_is_mostly_overhead_and_the_estimate_says_so():
+    model = tiny_bnn()
+    stats = bk.models.summary(model, print_fn=None)
+    real = len(bk.convert_keras_model(model)) / 1024
+    assert stats["total"]["memory_kib"] < 0.4 * real  # parameters alone understate it
+    assert stats["flatbuffer_kib_estimate"] == pytest.approx(real, rel=0.2)  # measured +15 %

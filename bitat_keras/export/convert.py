@@ -8,7 +8,7 @@ import warnings
 
 from bitat_keras.export.flatbuffer import BCONV_OP, float_conv_tensor_names, inspect_tflite
 from bitat_keras.export.parity import input_list
-from bitat_keras.models import check_model, walk_layers
+from bitat_keras.structure import check_model, walk_layers
 
 __all__ = [
     "ConversionWarning",
