@@ -18,9 +18,10 @@ Tolerances, and why:
 - 99 % of all weight entries (trainable and BatchNorm statistics) agree to 3e-4 (measured:
   all of them to 1e-6 on the CPUs of earlier runs; on an AVX-512 Xeon only 57 % to 1e-5 and
   all to 1.9e-4, with the losses still within 1e-5 and every sign equal: the all-reduce's
-  float noise, amplified by Adam as below, reaches the layers under the binary conv). Not all: Adam divides each gradient by its own running RMS, so a
-  parameter whose gradient sits at the float-noise level (a learnable threshold whose inputs
-  lie on the sign's kink) takes steps of up to ~lr in a direction the noise picks (measured
+  float noise, amplified by Adam as below, reaches the layers under the binary conv).
+  Not all to 1e-6: Adam divides each gradient by its own running RMS, so a parameter
+  whose gradient sits at the float-noise level (a learnable threshold whose inputs lie on
+  the sign's kink) takes steps of up to ~lr in a direction the noise picks (measured
   on a ReActNet block with two binary layers: up to 8e-5 for a few entries). Those are held
   to Adam's step bound: every trainable entry within lr * steps (Kingma & Ba, sec. 2.1:
   |step| <~ lr).
