@@ -212,8 +212,8 @@ def test_relu_cnn_binarizes_far_above_chance(digits):
     config = bk.BiTATConfig(epochs_per_layer=4, final_epochs=4, batch_size=32, stats_images=64)
     result = _quiet(bk.progressive_fit, fp, (x, y), config=config, verbose=0)
     assert result.plan.thresholded == ["conv2d_1", "conv2d_2"]
-    # measured 0.93 (FP 0.95); chance is 0.1 and was the result before thresholds
-    assert accuracy(result.model, xt, yt) > 0.75
+    # measured 0.973 (FP 0.973); chance is 0.1, what a ReLU CNN got before thresholds
+    assert accuracy(result.model, xt, yt) > 0.9
 
 
 # -- mixed precision --------------------------------------------------------------------------
