@@ -11,7 +11,6 @@ import bitat_keras as bk
 from bitat_keras import baselines
 from bitat_keras.training import accuracy, call_model, train_full_precision
 
-
 # Measured on 2026-11-29 (TensorFlow, 2-core CPU; sklearn digits 8x8, 1,347 / 450): FP
 # 98.4 %, naive STE 96.7 %, ReActNet 97.1 %, naive STE on the ReLU CNN 97.1 % (FP 97.3 %).
 # Floors about 7 points below: chance is 10 %, the regression reported on the tracker took
