@@ -226,26 +226,14 @@ def _check_forms(train):
     return by_kwarg
 
 
-def test_naive_ste_zero_weights_equal_dropping_samples():
+@pytest.mark.parametrize("method, epochs", [("naive_ste", 1), ("reactnet_two_step", 2)])
+def test_baselines_zero_weights_equal_dropping_samples(method, epochs):
     fp = plain_model()
 
     def train(d, sample_weight, batch_size):
         keras.utils.set_random_seed(0)
-        model, _ = baselines.naive_ste(
-            fp, d, epochs=1, batch_size=batch_size, sample_weight=sample_weight
-        )
-        return model
-
-    _check_forms(train)
-
-
-def test_reactnet_two_step_zero_weights_equal_dropping_samples():
-    fp = plain_model()
-
-    def train(d, sample_weight, batch_size):
-        keras.utils.set_random_seed(0)
-        model, _ = baselines.reactnet_two_step(
-            fp, d, epochs=2, batch_size=batch_size, sample_weight=sample_weight
+        model, _ = getattr(baselines, method)(
+            fp, d, epochs=epochs, batch_size=batch_size, sample_weight=sample_weight
         )
         return model
 
