@@ -198,7 +198,8 @@ class PhaseRunner:
             raise NonFiniteLossError(
                 f"Non-finite loss ({value}) at {where}, phase {label!r}, batch {batch}. The "
                 "model is restored to its state before this phase; the checkpoint (if any) "
-                "keeps the last completed layer. Lower the learning rate or lam.",
+                "keeps the last completed layer. Lower the learning rate or lam; `bk.plan(model, "
+                "data)` shows the inputs and structure that binarize badly.",
                 model=self.model(),
                 history=self.history,
             )

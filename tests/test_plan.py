@@ -204,7 +204,7 @@ def test_constant_inputs_are_an_error_that_names_the_layer(digits):
 
 
 # -- a ReLU model trains far above chance -----------------------------------------------------
-def test_relu_cnn_binarizes_far_above_chance(digits):
+def test_relu_cnn_binarizes_far_above_chance_and_its_result_saves_cleanly(digits, tmp_path):
     (x, y), (xt, yt) = digits
     fp = train_full_precision(conv_bn_relu(widths=(16, 32, 32)), (x, y), 15, 64)
     fp_acc = accuracy(fp, xt, yt)
@@ -214,6 +214,12 @@ def test_relu_cnn_binarizes_far_above_chance(digits):
     assert result.plan.thresholded == ["conv2d_1", "conv2d_2"]
     # measured 0.973 (FP 0.973); chance is 0.1, what a ReLU CNN got before thresholds
     assert accuracy(result.model, xt, yt) > 0.9
+    path = str(tmp_path / "relu.keras")
+    result.model.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        loaded = keras.saving.load_model(path)
+    assert accuracy(loaded, xt, yt) == accuracy(result.model, xt, yt)
 
 
 # -- mixed precision --------------------------------------------------------------------------
