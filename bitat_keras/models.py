@@ -201,7 +201,7 @@ def binarize(
             pad_values=pad_values,
             input_quantizer=input_quantizer,
             kernel_quantizer=kernel_quantizer,
-            input_threshold=layer.name in thresholds,
+            input_threshold=layer.name in thresholds or getattr(layer, "input_threshold", False),
         )
         if type(layer) is BinaryConv2D:
             config["kernel_scale"] = layer.kernel_scale
@@ -210,6 +210,8 @@ def binarize(
     with float32_policy():
         new = keras.models.clone_model(model, clone_function=clone)
     copy_weights(model, new)
+    # a BinaryConv2D that had a threshold keeps its trained values
+    thresholds = [n for n in thresholds if not getattr(model.get_layer(n), "input_threshold", 0)]
     if thresholds and data is None:
         for name in thresholds:
             new.get_layer(name).threshold.assign(
@@ -222,7 +224,8 @@ def binarize(
 
 def copy_weights(src_model, dst_model):
     """Copy every layer's weights from ``src_model`` to its clone ``dst_model``; a
-    ``BinaryConv2D`` that gained an input threshold keeps its own threshold values."""
+    ``BinaryConv2D`` that gained an input threshold keeps its own threshold values (they
+    are the layer's last weights)."""
     for src, dst in zip(src_model.layers, dst_model.layers, strict=True):
         weights = src.get_weights()
         extra = dst.weights[len(weights) :]
