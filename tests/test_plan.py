@@ -163,6 +163,12 @@ def test_binarize_thresholds_relu_inputs_so_that_the_sign_splits_them(digits):
     for name in ("conv2d_1", "conv2d_2"):
         share = np.mean(_sign_inputs(fixed, name, x[:64]) > 0)
         assert 0.2 < share < 0.8, (name, share)
+    trained = ops.convert_to_numpy(fixed.get_layer("conv2d_1").threshold) + 0.5
+    fixed.get_layer("conv2d_1").threshold.assign(trained)
+    again = _quiet(bk.binarize, fixed, x)  # a binary model keeps its trained thresholds
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(again.get_layer("conv2d_1").threshold), trained
+    )
     no_data = _quiet(bk.binarize, model)  # thresholds from the graph, a small positive start
     t = ops.convert_to_numpy(no_data.get_layer("conv2d_1").threshold)
     np.testing.assert_allclose(t, thresholds.NO_DATA_THRESHOLD)
