@@ -66,8 +66,8 @@ MODELS = {
 }
 
 
-NOTES = """Notes. One seed per model (about 32 minutes of CPU for the three). Every
-binarized conv of `cnn_relu` and of MobileNet comes after a ReLU/ReLU6 and gets an input
+NOTES = """Notes. Each row is one seed (a seed of all three models: about 32 minutes of
+CPU). Every binarized conv of `cnn_relu` and of MobileNet comes after a ReLU/ReLU6 and gets an input
 threshold (the plan's `binary + threshold`); `cnn_leaky` needs none. Without thresholds a
 ReLU-fed binary conv sees +1 everywhere (`tests/test_plan.py`) and a ReLU CNN binarizes to
 chance (10 %). None of the three has a shortcut around its binary convs; at this budget
