@@ -185,3 +185,23 @@ def test_latency_script_times_every_model_through_one_call(tmp_path):
         assert best["p90"] >= best["median"] > 0
     assert report["goals"] == {}  # the 224x224 goal needs that network
     assert "| demo_28x28 |" in (tmp_path / "latency.md").read_text()
+
+
+def test_own_models_results_meet_the_targets_and_render_as_committed():
+    """The committed users'-models results: the ReLU CNN (input thresholds) within 2 points
+    of its LeakyReLU twin, every binary row far above chance, the Markdown up to date."""
+    import own_models
+
+    results_dir = Path(own_models.RESULTS)
+    results = json.loads((results_dir / "own_models.json").read_text())
+
+    def mean(name, row):
+        runs = results["runs"][name].values()
+        return sum(r["rows"][row]["test"] for r in runs) / len(runs)
+
+    assert mean("cnn_relu", "bitat") >= mean("cnn_leaky", "bitat") - 0.02
+    for name, runs in results["runs"].items():
+        for run in runs.values():
+            assert run["rows"]["bitat"]["test"] > 0.5 and run["rows"]["naive_ste"]["test"] > 0.5
+            assert run["thresholded"] == ([] if name == "cnn_leaky" else run["binarized"])
+    assert own_models.markdown(results) == (results_dir / "own_models.md").read_text()
