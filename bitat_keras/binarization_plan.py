@@ -181,7 +181,7 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
         >>> model = keras.applications.MobileNet((32, 32, 3), alpha=0.25, weights=None)
         >>> print(bk.plan(model, x_train[:256]))  # doctest: +SKIP
     """
-    check_model(model)
+    check_model(model, training=data is not None)  # statistics need one image input
     preds = predecessors(model)
     rows = []
     for layer, reason in decisions(model):
