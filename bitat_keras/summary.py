@@ -30,6 +30,10 @@ def _is_binary_kernel(layer):
     return isinstance(layer, BinaryConv2D) and layer.kernel_quantizer is not None
 
 
+def _is_bconv(layer):
+    return _is_binary_kernel(layer) and layer.input_quantizer is not None
+
+
 def _macs(layer):
     """Multiply-accumulates of one forward pass of one sample: (binary, float). A conv is
     binary when both its input and its kernel are binarized (an XNOR-popcount on LCE)."""
@@ -47,15 +51,10 @@ def _macs(layer):
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw = layer.kernel_size
         macs = _size(out) * kh * kw * inp[-1] // getattr(layer, "groups", 1)
-        binary = _is_binary_kernel(layer) and layer.input_quantizer is not None
-        return (macs, 0) if binary else (0, macs)
+        return (macs, 0) if _is_bconv(layer) else (0, macs)
     if isinstance(layer, keras.layers.Dense):
         return 0, _size(out) * inp[-1]
     return 0, 0
-
-
-def _is_bconv(layer):
-    return _is_binary_kernel(layer) and layer.input_quantizer is not None
 
 
 def flatbuffer_estimate(model):
