@@ -80,18 +80,18 @@ def latency_ms(flatbuffer, x, *, threads=1, runs=200, warmup=20, **options):
     Returns:
         ``{"median": ms, "p90": ms}``.
     """
-    from larq_compute_engine.tflite.python.interpreter import Interpreter
+    from bitat_keras.export import LceInterpreter
 
     if runs < 1 or warmup < 0:
         raise ValueError(f"Expected runs >= 1 and warmup >= 0. Received: {runs}, {warmup}")
-    wrapper = Interpreter(flatbuffer, num_threads=threads, **options).interpreter
+    interpreter = LceInterpreter(flatbuffer, num_threads=threads, **options)
     inputs = [np.ascontiguousarray(x, dtype=np.float32)]
     for _ in range(warmup):
-        wrapper.predict(inputs)
+        interpreter.invoke(inputs)
     times = np.empty(runs)
     for i in range(runs):
         start = time.perf_counter()
-        wrapper.predict(inputs)
+        interpreter.invoke(inputs)
         times[i] = time.perf_counter() - start
     return {"median": float(np.median(times) * 1e3), "p90": float(np.percentile(times, 90) * 1e3)}
 

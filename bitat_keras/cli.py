@@ -96,7 +96,9 @@ def format_report(report):
         f"Binary convolutions: {report['bconv']} LceBconv2d ops for "
         f"{report['binary_layers']} binary BinaryConv2D layers"
     )
-    if report.get("max_abs_diff") is None:
+    if report.get("parity_error"):
+        lines.append(f"Parity check: not run: {report['parity_error']}")
+    elif report.get("max_abs_diff") is None:
         lines.append("Parity check: skipped")
     else:
         verdict = "OK" if report["parity_ok"] else "MISMATCH"

@@ -369,6 +369,56 @@ def test_verify_tflite_fixed_batch_and_mismatch(tmp_path):
         ex.verify_tflite(model, data, np.zeros((2, 5, 5, 4), "float32"))
 
 
+# --------------------------------------------------------------------------- interpreter
+
+NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+
+
+def test_lce_interpreter_batches_match_single_calls():
+    """`LceInterpreter.predict` on 5 samples equals 5 raw one-sample `invoke` calls, and
+    both equal Keras; numpy's float32 dtype is left as it was (flags restored)."""
+    model = randomize(small_bnn())
+    data = ex.convert_keras_model(model)
+    interpreter = ex.LceInterpreter(data)
+    x = inputs_for(model, n=5)
+    batch = interpreter.predict(x)
+    single = np.concatenate([interpreter.invoke([x[i : i + 1]])[0] for i in range(5)])
+    np.testing.assert_array_equal(batch, single)
+    assert batch.std(axis=0).min() > 0  # outputs differ per sample (no zero strides)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    assert np.max(np.abs(batch - expected)) < REL_TOL * np.max(np.abs(expected))
+    assert np.dtype(np.float32).flags == 0
+    # The numpy-2 workaround is used exactly when numpy 2 is installed.
+    assert interpreter._patch == NUMPY2
+    with pytest.raises(ValueError, match="shape"):
+        interpreter.predict(np.zeros((2, 3, 3, 3), "float32"))
+
+
+@pytest.mark.skipif(NUMPY2, reason="numpy 1 only")
+def test_numpy1_itemsize_does_nothing_under_numpy_1():
+    with ex.interpreter.numpy1_itemsize([np.int8, np.float32]):
+        assert np.dtype(np.float32).flags == 0 and np.dtype(np.int8).itemsize == 1
+
+
+@pytest.mark.skipif(not NUMPY2, reason="numpy 2 only")
+def test_numpy1_itemsize_under_numpy_2():
+    """Inside the block numpy 1's item-size slot (the low half of numpy 2's flags word)
+    holds the item size; after it, the word is restored even when the block raised. 1-byte
+    types would spell "holds references" and are refused with the reason."""
+    import ctypes
+
+    slot = ctypes.c_int32.from_address(id(np.dtype(np.float32)) + ex.interpreter._FLAGS_OFFSET)
+    with pytest.raises(KeyError):
+        with ex.interpreter.numpy1_itemsize([np.float32, np.int32]):
+            assert slot.value == 4 and np.dtype(np.float32).flags == 4
+            raise KeyError
+    assert slot.value == 0 and np.dtype(np.float32).flags == 0
+    with pytest.raises(ex.LceNumpyError, match="item size 1.*numpy < 2"):
+        with ex.interpreter.numpy1_itemsize([np.int8]):
+            pass
+    assert np.dtype(np.int8).flags == 0
+
+
 # --------------------------------------------------------------------------- save_flatbuffer
 
 
@@ -440,6 +490,24 @@ def test_cli_no_check(small_keras_file, tmp_path, capsys):
     out = tmp_path / "nocheck.tflite"
     assert cli.convert([str(small_keras_file), "-o", str(out), "--no-check"]) == 0
     assert "Parity check: skipped" in capsys.readouterr().out
+
+
+def test_cli_converts_when_the_interpreter_cannot_run(small_keras_file, tmp_path, capsys):
+    """Where LCE's interpreter cannot run (LceNumpyError), the flatbuffer is still written
+    and the report says why parity was not checked; the command succeeds."""
+    from bitat_keras.export import files
+
+    def unavailable(*args, **kwargs):
+        raise ex.LceNumpyError("simulated: the interpreter needs numpy < 2")
+
+    out = tmp_path / "noparity.tflite"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files, "parity", unavailable)
+        report = ex.convert_file(small_keras_file, out, samples=2)
+        assert cli.convert([str(small_keras_file), "-o", str(out), "--samples", "2"]) == 0
+    assert out.read_bytes()[4:8] == b"TFL3" and report["bconv"] == 8
+    assert report["parity_ok"] is None and "numpy < 2" in report["parity_error"]
+    assert "Parity check: not run: simulated" in capsys.readouterr().out
 
 
 def _error_line(capsys):

@@ -125,8 +125,6 @@ def test_jax_trained_model_loads_and_converts_under_tensorflow(jax_run):
     """JAX training -> .keras -> TensorFlow (safe mode) -> LCE flatbuffer, checked against
     the outputs the JAX process computed (relative tolerance 1e-3, as in test_export.py:
     the interpreter folds BatchNorm and computes the binary convs with integer popcounts)."""
-    from larq_compute_engine.tflite.python.interpreter import Interpreter
-
     folder, _ = jax_run
     binary = json.loads((folder / "run.json").read_text())["binary"]
     model = keras.saving.load_model(folder / "bitat_jax.keras", compile=False, safe_mode=True)
@@ -139,5 +137,5 @@ def test_jax_trained_model_loads_and_converts_under_tensorflow(jax_run):
     flatbuffer = bk.convert_keras_model(model)
     assert bk.inspect_tflite(flatbuffer)["ops"].get("LceBconv2d") == len(binary)
     assert bk.verify_tflite(model, flatbuffer, x) < 1e-3 * scale
-    lce = Interpreter(flatbuffer).predict(x)
+    lce = bk.export.LceInterpreter(flatbuffer).predict(x)
     np.testing.assert_allclose(lce, expected, atol=1e-3 * scale)

@@ -18,8 +18,7 @@ nbclient = pytest.importorskip("nbclient")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 NOTEBOOKS = ("quickstart.ipynb", "cifar100_mobilenet.ipynb", "deploy.ipynb")
-COLAB = "https://colab.research.google.com/github/bitat-keras/bitat-keras/blob/main/examples/"
-INSTALL = "bitat-keras @ git+https://github.com/bitat-keras/bitat-keras"
+PIP = ["-m", "pip", "install", "-q"]
 
 
 def _read(name):
@@ -69,15 +68,17 @@ def test_notebook_structure(name):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
-    # First cell: the title and the "Open in Colab" badge for this very file.
+    # First cell: the title, and how to open the notebook in Colab (an upload: no badge or
+    # address that points to a repository that may not exist).
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# ")
-    assert f"]({COLAB}{name})" in first.source and "colab-badge.svg" in first.source
-    # Then the guarded install cell: pip only when bitat_keras is not importable, and no
-    # `!` shell magic (which a plain Python kernel run by nbclient would not accept).
+    assert "File → Upload notebook" in first.source and "python -m build --wheel" in first.source
+    assert "github.com" not in "".join(c.source for c in nb.cells)
+    # Then the install cell, the same in every notebook, with no `!` shell magic (which a
+    # plain Python kernel run by nbclient would not accept).
     install = nb.cells[1]
-    assert install.cell_type == "code" and INSTALL in install.source
-    assert 'importlib.util.find_spec("bitat_keras") is None' in install.source
+    assert install.cell_type == "code"
+    assert install.source == _read(NOTEBOOKS[0]).cells[1].source
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert not any(line.lstrip().startswith(("!", "%")) for src in code for line in src.split("\n"))
     # One settings cell, near the top, reading the small-mode switch.
@@ -87,27 +88,48 @@ def test_notebook_structure(name):
     _tagged(nb, "summary")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_install_cell_runs_pip_only_when_needed(name, monkeypatch):
-    """The install cell is plain Python: run it here with subprocess.run recorded, once as
-    is (bitat_keras importable: no pip) and once with bitat_keras hidden (one pip call)."""
+def _install_calls(monkeypatch, tmp_path, missing=(), env=None):
+    """Run the install cell in ``tmp_path`` with ``missing`` modules hidden and
+    subprocess.run recorded; return the pip arguments of each call."""
     import subprocess
     import sys
 
-    source = _read(name).cells[1].source
     calls = []
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append((a, k)))
-    exec(compile(source, "install", "exec"), {})
-    assert calls == []
-
+    monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append((args, k)))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda mod, *a: None if mod == "bitat_keras" else real_find_spec(mod, *a),
+        lambda mod, *a: None if mod in missing else real_find_spec(mod, *a),
     )
-    exec(compile(source, "install", "exec"), {})
-    assert calls == [(([sys.executable, "-m", "pip", "install", "-q", INSTALL],), {"check": True})]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BITAT_KERAS_SOURCE", raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    exec(compile(_read(NOTEBOOKS[0]).cells[1].source, "install", "exec"), {})
+    for args, kwargs in calls:
+        assert args[: len(PIP) + 1] == [sys.executable, *PIP] and kwargs == {"check": True}
+    return [args[len(PIP) + 1 :] for args, _ in calls]
+
+
+def test_install_cell_chooses_the_source(monkeypatch, tmp_path):
+    """pip only when bitat_keras is not importable; then BITAT_KERAS_SOURCE, else the newest
+    wheel beside the notebook, else the package name; TensorFlow only where none is
+    installed (so a runtime's own TensorFlow is never replaced)."""
+    assert _install_calls(monkeypatch, tmp_path) == []
+    hidden = ("bitat_keras",)
+    assert _install_calls(monkeypatch, tmp_path, hidden) == [["bitat-keras"]]
+    old = tmp_path / "bitat_keras-0.1.0-py3-none-any.whl"
+    new = tmp_path / "bitat_keras-0.2.0-py3-none-any.whl"
+    old.write_bytes(b"")
+    new.write_bytes(b"")
+    os.utime(old, (1, 1))
+    assert _install_calls(monkeypatch, tmp_path, hidden) == [[new.name]]
+    source = "git+https://example.org/me/bitat-keras"
+    env = {"BITAT_KERAS_SOURCE": source}
+    assert _install_calls(monkeypatch, tmp_path, hidden, env) == [[source]]
+    no_tf = ("bitat_keras", "tensorflow")
+    assert _install_calls(monkeypatch, tmp_path, no_tf, env) == [[source, "tensorflow>=2.16.2"]]
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ The main entry points:
 - :func:`convert_float_tflite`: Keras model -> plain TFLite (float or int8), for comparisons.
 - :func:`inspect_tflite`: op counts of a flatbuffer, parsed with the TFLite schema.
 - :func:`verify_tflite`: max |Keras - LCE interpreter| on given inputs.
+- :class:`LceInterpreter`: LCE's interpreter for batches, under numpy 1 and 2.
 - :func:`save_flatbuffer` and :func:`convert_file`: atomic write, and the file-to-file
   converter behind ``bitat-keras convert``.
 
 One module per concern: ``convert`` (the two converters and the strict check), ``flatbuffer``
-(reading a flatbuffer), ``parity`` (Keras against the interpreter), ``files`` (file to file).
+(reading a flatbuffer), ``interpreter`` (LCE's interpreter under numpy 1 and 2), ``parity``
+(Keras against the interpreter), ``files`` (file to file).
 """
 
 from bitat_keras.export.convert import (
@@ -32,12 +34,15 @@ from bitat_keras.export.files import (
     save_flatbuffer,
 )
 from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
+from bitat_keras.export.interpreter import LceInterpreter, LceNumpyError
 from bitat_keras.export.parity import verify_tflite
 
 __all__ = [
     "BCONV_OP",
     "PARITY_TOLERANCE",
     "ConversionWarning",
+    "LceInterpreter",
+    "LceNumpyError",
     "UnsafeModelError",
     "binary_conv_layers",
     "convert_file",

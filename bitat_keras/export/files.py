@@ -12,6 +12,7 @@ from bitat_keras.export.convert import (
     convert_keras_model,
 )
 from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
+from bitat_keras.export.interpreter import LceNumpyError
 from bitat_keras.export.parity import parity
 
 __all__ = [
@@ -150,7 +151,9 @@ def convert_file(
         (number of fully binary ``BinaryConv2D`` layers), ``max_abs_diff``,
         ``relative_diff`` (``max_abs_diff / max |keras output|``), ``output_scale``,
         ``parity_ok`` (relative diff <= 1e-3), ``samples``, ``seed`` (parity entries are
-        None without ``check``) and, with ``float_output_path``, ``float_size_bytes``.
+        None without ``check``), ``parity_error`` (why the interpreter could not run, if
+        it could not: see `LceNumpyError`; the flatbuffer is still written) and, with
+        ``float_output_path``, ``float_size_bytes``.
 
     Raises:
         FileNotFoundError: missing model file or output directory.
@@ -197,18 +200,23 @@ def convert_file(
         "relative_diff": None,
         "output_scale": None,
         "parity_ok": None,
+        "parity_error": None,
         "samples": samples if check else 0,
         "seed": seed,
     }
     if check:
-        diff, scale = parity(model, data, _random_inputs(model, samples, seed))
-        relative = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        report.update(
-            max_abs_diff=diff,
-            relative_diff=relative,
-            output_scale=scale,
-            parity_ok=bool(relative <= PARITY_TOLERANCE),
-        )
+        try:
+            diff, scale = parity(model, data, _random_inputs(model, samples, seed))
+        except LceNumpyError as error:  # the flatbuffer is written and fine; only the check
+            report["parity_error"] = str(error)
+        else:
+            relative = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+            report.update(
+                max_abs_diff=diff,
+                relative_diff=relative,
+                output_scale=scale,
+                parity_ok=bool(relative <= PARITY_TOLERANCE),
+            )
     if float_output_path:
         float_data = convert_float_tflite(model)
         report["float_output_path"] = save_flatbuffer(float_data, float_output_path)

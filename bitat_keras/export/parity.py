@@ -3,6 +3,7 @@
 import numpy as np
 
 from bitat_keras.export.flatbuffer import read_flatbuffer
+from bitat_keras.export.interpreter import LceInterpreter
 from bitat_keras.structure import check_model
 
 __all__ = ["input_list", "parity", "verify_tflite"]
@@ -44,77 +45,14 @@ def _keras_outputs(model, arrays, chunk=32):
     return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 
 
-def _to_interpreter_dtype(array, dtype, scale, zero_point):
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer) and scale:
-        info = np.iinfo(dtype)
-        q = np.round(array / float(np.ravel(scale)[0])) + int(np.ravel(zero_point)[0])
-        return np.clip(q, info.min, info.max).astype(dtype)
-    return array.astype(dtype)
-
-
-def _from_interpreter_dtype(array, scale, zero_point):
-    if np.issubdtype(array.dtype, np.integer) and scale:
-        return (array.astype(np.float32) - float(np.ravel(zero_point)[0])) * float(
-            np.ravel(scale)[0]
-        )
-    return array.astype(np.float32)
-
-
-def _lce_outputs(data, arrays, interpreter_kwargs):
-    """Run the LCE interpreter on `arrays`, in chunks of its fixed batch size."""
-    from larq_compute_engine.tflite.python.interpreter import Interpreter
-
-    interpreter = Interpreter(data, **interpreter_kwargs)
-    shapes = interpreter.input_shapes
-    if len(shapes) != len(arrays):
-        raise ValueError(
-            f"The flatbuffer has {len(shapes)} input(s) but {len(arrays)} array(s) were given."
-        )
-    for shape, a in zip(shapes, arrays, strict=True):
-        if tuple(shape[1:]) != tuple(a.shape[1:]):
-            raise ValueError(
-                f"Input shape mismatch: the flatbuffer expects {tuple(shape)} (batch first), "
-                f"received samples of shape {tuple(a.shape[1:])}"
-            )
-    in_specs = list(
-        zip(
-            interpreter.input_types,
-            interpreter.input_scales,
-            interpreter.input_zero_points,
-            strict=True,
-        )
-    )
-    out_specs = list(zip(interpreter.output_scales, interpreter.output_zero_points, strict=True))
-    batch = int(shapes[0][0]) if shapes[0][0] else 1
-    n = len(arrays[0])
-    results = []
-    for start in range(0, n, batch):
-        chunk = [a[start : start + batch] for a in arrays]
-        real = len(chunk[0])
-        if real < batch:  # pad a short last chunk by repeating its last sample
-            chunk = [np.concatenate([c, np.repeat(c[-1:], batch - real, axis=0)]) for c in chunk]
-        feed = [
-            _to_interpreter_dtype(c, dtype, scale, zp)
-            for c, (dtype, scale, zp) in zip(chunk, in_specs, strict=True)
-        ]
-        outs = interpreter.interpreter.predict(feed)
-        results.append(
-            [
-                _from_interpreter_dtype(np.asarray(o), scale, zp)[:real]
-                for o, (scale, zp) in zip(outs, out_specs, strict=True)
-            ]
-        )
-    return [np.concatenate(parts) for parts in zip(*results, strict=True)]
-
-
 def parity(model, flatbuffer, x, **interpreter_kwargs):
     """(max |keras - lce|, max |keras|) over all outputs."""
     check_model(model, training=False)
     data = read_flatbuffer(flatbuffer)
     arrays = [a.astype(np.float32) for a in input_list(model, x)]
     expected = _keras_outputs(model, arrays)
-    actual = _lce_outputs(data, arrays, interpreter_kwargs)
+    actual = LceInterpreter(data, **interpreter_kwargs).predict(arrays)
+    actual = actual if isinstance(actual, list) else [actual]
     if len(expected) != len(actual):
         raise ValueError(
             f"Model {model.name!r} has {len(expected)} output(s); the flatbuffer has "
