@@ -4,8 +4,8 @@ TensorFlow and numpy versions, one fresh virtual environment per cell.
 Each cell installs this project's wheel with its ``test`` extra, the cell's
 ``tensorflow-cpu`` and numpy (``latest``: whatever pip resolves; plus the few caps a
 numpy-1 cell needs with a newer TensorFlow), runs ``pip check``, then
-``pytest tests/test_export.py`` against this checkout. A cell that pip cannot resolve is
-reported as such, with pip's reason. Standard library only. Usage::
+``pytest tests/test_export.py`` (or ``--tests``) against this checkout. A cell that pip
+cannot resolve is reported as such, with pip's reason. Standard library only. Usage::
 
     python tools/backend_matrix.py                       # the default cells
     python tools/backend_matrix.py --cells 2.19.1/1.26.4 --workdir /tmp/matrix
@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELLS = [
@@ -29,8 +30,9 @@ CELLS = [
     "2.19.1/1.26.4",
     "2.19.1/2.1.3",
     "2.21.0/1.26.4",
-    "2.21.0/2.5.5",
+    "2.21.0/2.4.6",  # numpy 2.5 has no wheels for Python 3.11
     "latest/latest",  # what `pip install -e ".[test]"` without constraints resolves to
+    "2.16.2/1.26.0/lowest",  # every core dependency at the lower bound pyproject.toml declares
 ]
 # Newer releases of these need numpy 2; a numpy-1 cell caps them.
 NUMPY1_CAPS = ["ml-dtypes<0.6", "scipy<1.17", "contourpy<1.4"]
@@ -48,9 +50,16 @@ def tail(log, n=1200):
         return f.read()[-n:]
 
 
-def run_cell(cell, workdir, wheel, python):
-    tf, numpy = cell.split("/")
-    folder = os.path.join(workdir, cell.replace("/", "_np"))
+def lowest_pins():
+    """``name==X`` for each core dependency declared as ``name>=X``."""
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    return [d.replace(">=", "==") for d in dependencies if ">=" in d and "," not in d]
+
+
+def run_cell(cell, workdir, wheel, python, tests):
+    tf, numpy, *lowest = cell.split("/")
+    folder = os.path.join(workdir, cell.replace("/", "_"))
     os.makedirs(folder, exist_ok=True)
     log = os.path.join(folder, "log.txt")
     venv = os.path.join(folder, "venv")
@@ -62,6 +71,8 @@ def run_cell(cell, workdir, wheel, python):
     pins = [f"{wheel}[test]", *caps]
     pins += [] if tf == "latest" else [f"tensorflow-cpu=={tf}"]
     pins += [] if numpy == "latest" else [f"numpy=={numpy}"]
+    pins += lowest_pins() if lowest == ["lowest"] else []
+    result["pins"] = pins[1:]
     pip = [vpython, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     if sh(pip + pins, log):
         found = re.findall(r"(?:ERROR|The conflict is caused by)[^\n]*(?:\n {4}[^\n]*)*", tail(log))
@@ -76,7 +87,7 @@ def run_cell(cell, workdir, wheel, python):
     ).stdout.split()
     result["installed"] = versions
     code = sh(
-        [vpython, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_export.py"],
+        [vpython, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         log,
         cwd=REPO,
         env={k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "PYTHONPATH")},
@@ -95,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--cells", nargs="+", default=CELLS, help="TF/numpy pairs")
     parser.add_argument("--workdir", default="/tmp/bitat-backend-matrix")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--tests", nargs="+", default=["tests/test_export.py"])
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     dist = os.path.join(args.workdir, "dist")
@@ -109,10 +121,12 @@ def main(argv=None):
     ).stdout.strip()
     results = []
     for cell in args.cells:
-        results.append(run_cell(cell, args.workdir, wheel, args.python))
+        results.append(run_cell(cell, args.workdir, wheel, args.python, args.tests))
         print(json.dumps(results[-1]), flush=True)
         with open(os.path.join(args.workdir, "matrix.json"), "w") as f:
-            json.dump({"python": python_version, "cells": results}, f, indent=2)
+            json.dump(
+                {"python": python_version, "tests": args.tests, "cells": results}, f, indent=2
+            )
     return 0
 
 

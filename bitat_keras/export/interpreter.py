@@ -109,14 +109,15 @@ def numpy1_itemsize(dtypes):
         return
     unique = {np.dtype(d) for d in dtypes}
     with _LOCK:
-        patched = [(_checked_flags(d), np.dtype(d).itemsize) for d in unique]
+        patched = [(_checked_flags(d), d.itemsize) for d in unique]
+        saved = [flags.value for flags, _ in patched]
         try:
-            for flags, itemsize in patched:
-                flags.value = itemsize
+            for (flags, itemsize), value in zip(patched, saved, strict=True):
+                flags.value = (value & ~0xFFFFFFFF) | itemsize
             yield
         finally:
-            for flags, _ in patched:
-                flags.value = 0
+            for (flags, _), value in zip(patched, saved, strict=True):
+                flags.value = value
 
 
 def _to_interpreter_dtype(array, dtype, scale, zero_point):
@@ -222,7 +223,9 @@ class LceInterpreter:
                     f"received an array of shape {a.shape}"
                 )
         if len({len(a) for a in arrays}) != 1:
-            raise ValueError(f"All inputs need the same batch size; received {arrays}")
+            raise ValueError(
+                f"All inputs need the same batch size; received shapes {[a.shape for a in arrays]}"
+            )
         batch = int(self.input_shapes[0][0]) or 1
         results = []
         for start in range(0, len(arrays[0]), batch):

@@ -81,9 +81,10 @@ def verify_tflite(
     """Max absolute difference between a Keras model and the LCE interpreter on ``x``.
 
     The Keras model runs in inference mode (``training=False``). The flatbuffer runs in
-    ``larq_compute_engine``'s interpreter (which also runs plain TFLite models), chunked to
-    the flatbuffer's fixed batch size (1 for LCE conversions); int8 inputs/outputs are
-    (de)quantized with their scales.
+    ``larq_compute_engine``'s interpreter (which also runs plain TFLite models) through
+    :class:`LceInterpreter`, chunked to the flatbuffer's fixed batch size (1 for LCE
+    conversions); int8 inputs/outputs are (de)quantized with their scales. Works under
+    numpy 1 and numpy 2.
 
     Args:
         model: the ``keras.Model`` the flatbuffer was converted from.
@@ -95,6 +96,10 @@ def verify_tflite(
 
     Returns:
         ``max |model(x) - interpreter(x)|`` over all outputs, as a float.
+
+    Raises:
+        LceNumpyError: LCE's interpreter cannot run under this numpy (an unknown dtype
+            layout, or 1-byte inputs or outputs under numpy 2); the message says what to do.
 
     Example:
         >>> data = convert_keras_model(model)
