@@ -4,9 +4,12 @@ measurements (sizes, ops, parity, latency). Imported as a module by ``paper_tabl
 ``sweep.py`` and ``deployment.py`` (pytest puts ``benchmarks/`` on the path; a script run
 from ``benchmarks/`` finds it beside itself)."""
 
+import json
 import os
+import time
 
 import keras
+import numpy as np
 
 import bitat_keras as bk
 from bitat_keras import analysis, datasets, training
@@ -62,6 +65,54 @@ PRESETS = {
         extra_seeds=1,
         latency_runs=200,
     ),
+    # A strong teacher (issue "premise"): the `cpu` data and network, the FP model trained
+    # as a model worth binarizing (augmentation, weight decay, cosine decay, epochs chosen
+    # on the validation split); the binary rows train on the same augmented batches.
+    "cpu_strong": dict(
+        dataset="fashion_mnist",
+        train=25000,
+        val=5000,
+        test=None,
+        width=1.0,
+        blocks=DEMO_BLOCKS,
+        stem_strides=2,
+        batch=128,
+        teacher=dict(epochs=60, lr=2e-3, weight_decay=0.05),
+        augment=dict(shift=2, flip=True),
+        goal=dict(over_baseline=0.005, within_fp=0.01),
+        epochs=48,  # ReActNet's converged epoch count on `cpu`
+        baseline_lr=dict(naive_ste=16e-3, naive_ste_distill=16e-3, reactnet=4e-3),
+        groups=64,
+        seeds=3,
+        budgets=(0.25, 0.5, 1, 2),
+        extra_seeds=1,
+        latency_runs=200,
+    ),
+    # Little labelled data: the teacher trained on every training image but the validation
+    # split; every binary row sees only `subset` labelled images (BiTAT once more at
+    # `subset_extra`); budgets are multiples of ReActNet's converged time on the subset.
+    "lowdata": dict(
+        dataset="fashion_mnist",
+        train=None,
+        val=5000,
+        test=None,
+        width=1.0,
+        blocks=DEMO_BLOCKS,
+        stem_strides=2,
+        batch=128,
+        teacher=dict(epochs=30, lr=2e-3, weight_decay=0.05),
+        augment=dict(shift=2, flip=True),
+        subset=2000,
+        subset_extra=10000,
+        goal=dict(over_baseline=0.02, within_fp=0.03),
+        epochs=160,
+        baseline_lr=dict(naive_ste=16e-3, naive_ste_distill=16e-3, reactnet=4e-3),
+        groups=64,
+        seeds=3,
+        budgets=(0.25, 0.5, 1, 2),
+        extra_seeds=1,
+        latency_runs=200,
+    ),
     # Seconds-scale smoke test (used by the test suite so the script cannot rot).
     "mini": dict(
         dataset="digits",
@@ -83,6 +134,42 @@ PRESETS = {
         latency_runs=5,
     ),
 }
+
+
+# The miniature forms of the two presets above, for the test suite.
+PRESETS["cpu_strong_mini"] = {
+    **PRESETS["mini"],
+    "teacher": dict(epochs=3, lr=2e-3, weight_decay=0.05),
+    "augment": dict(shift=1, flip=False),
+    "budgets": (0.5, 1),
+    "baseline_lr": dict(naive_ste=2e-3, naive_ste_distill=2e-3, reactnet=2e-3),
+}
+PRESETS["lowdata_mini"] = {
+    **PRESETS["cpu_strong_mini"],
+    "subset": 96,
+    "subset_extra": 160,
+    "epochs": 4,
+}
+
+
+def budget_name(budget):
+    """``1`` -> ``""``, ``2`` -> ``"_2x"``, ``0.25`` -> ``"_0.25x"`` (row-name suffixes)."""
+    return "" if budget == 1 else f"_{budget:g}x"
+
+
+def budget_epochs(budget, epochs):
+    """Epochs of a baseline at ``budget`` times ``epochs`` (at least 2: ReActNet's steps)."""
+    return max(2, int(round(budget * epochs)))
+
+
+def balanced_subset(y, size, seed):
+    """Indices of ``size`` samples, class-balanced (counts differ by at most one), seeded."""
+    rng = np.random.default_rng([seed, size])
+    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    order = [i for group in zip(*per_class, strict=False) for i in group]
+    if size > len(order):
+        raise ValueError(f"Asked for {size} samples; only {len(order)} can be balanced.")
+    return np.sort(np.asarray(order[:size]))
 
 
 def log(msg):
@@ -121,7 +208,7 @@ class Bench:
         self.shape = x.shape[1:]
         self.classes = datasets.num_classes(settings["dataset"])
         self.rows = {}
-        self.curves = {"naive_ste": [], "reactnet": [], "bitat": []}
+        self.curves = {"naive_ste": [], "naive_ste_distill": [], "reactnet": [], "bitat": []}
         self.deploy = None
         self.seconds = 0.0  # wall time of this invocation (run() updates it)
         self.on_row = None  # called after every row (run() saves the report then)
@@ -135,6 +222,66 @@ class Bench:
             blocks=settings["blocks"],
             stem_strides=settings["stem_strides"],
         )
+
+    def binarization_data(self, seed, size=None):
+        """What the binary rows train on: the training images, or a class-balanced subset
+        of ``size`` (default: the preset's ``subset``, if any) drawn with ``seed``; as
+        augmented batches when the preset augments, else as arrays."""
+        x, y = self.train
+        size = size or self.settings.get("subset")
+        if size:
+            rows = balanced_subset(y, size, seed)
+            x, y = x[rows], y[rows]
+        augment = self.settings.get("augment")
+        if not augment:
+            return (x, y)
+        return datasets.augmented_batches(
+            x, y, batch_size=self.settings["batch"], seed=seed, **augment
+        )
+
+    def teacher(self, seed):
+        """The full-precision model of ``seed``: the preset's teacher recipe, trained once
+        and cached in ``<out_dir>/teachers/`` (with its recipe and accuracies beside it),
+        or the plain recipe (Adam, linear decay, ``fp_epochs``) for presets without one.
+        Returns ``(model, record)``; ``record`` has the seconds it took to train."""
+        settings = self.settings
+        recipe = settings.get("teacher")
+        keras.utils.set_random_seed(seed)
+        model = self.model()
+        if recipe is None:
+            start = time.perf_counter()
+            training.train_full_precision(
+                model, self.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
+            )
+            return model, {"seconds": time.perf_counter() - start, "epochs": settings["fp_epochs"]}
+        folder = os.path.join(self.out_dir, "teachers")
+        base = os.path.join(folder, f"{self.name}_seed{seed}")
+        key = {"recipe": recipe, "augment": settings.get("augment"), "train": len(self.train[0])}
+        if os.path.exists(base + ".json") and os.path.exists(base + ".keras"):
+            with open(base + ".json") as f:
+                record = json.load(f)
+            if record["key"] == key:
+                log(f"teacher seed {seed}: cached {base}.keras")
+                return keras.saving.load_model(base + ".keras", compile=False), record
+        start = time.perf_counter()
+        train_teacher(model, self.train, recipe, settings, seed)
+        record = {
+            "key": key,
+            "seconds": time.perf_counter() - start,
+            "epochs": recipe["epochs"],
+            "accuracy": self.accuracy(model),
+            "val_accuracy": self.accuracy(model, "val"),
+            "recipe": (
+                "AdamW (decoupled weight decay, not on BatchNorm or biases), cosine decay "
+                "from lr to 0, batch of the preset, augmented batches (the preset's shift "
+                "and flip), then BatchNorm statistics re-estimated on clean images"
+            ),
+        }
+        os.makedirs(folder, exist_ok=True)
+        model.save(base + ".keras")
+        with open(base + ".json", "w") as f:
+            json.dump(record, f, indent=1)
+        return model, record
 
     def accuracy(self, model, split="test"):
         return training.accuracy(model, *(self.test if split == "test" else self.val))
@@ -166,14 +313,17 @@ class Bench:
         fields.update(scaled_schedule(base, budget * settings["epochs"], layers))
         return bk.BiTATConfig(**fields)
 
-    def bitat(self, fp, seed, budget, paper=False, validate=False, **overrides):
+    def bitat(self, fp, seed, budget, paper=False, validate=False, size=None, **overrides):
         layers = len(bk.models.eligible_layers(fp))
         config = self.bitat_config(seed, budget, layers, paper, **overrides)
         keras.utils.set_random_seed(seed)
-        result = bk.progressive_fit(
-            fp, self.train, config=config, verbose=0, validation_data=self.val if validate else None
+        return bk.progressive_fit(
+            fp,
+            self.binarization_data(seed, size),
+            config=config,
+            verbose=0,
+            validation_data=self.val if validate else None,
         )
-        return result
 
     def bitat_row(self, row, fp, seed, budget, **kwargs):
         result = self.bitat(fp, seed, budget, **kwargs)
@@ -193,6 +343,28 @@ class Bench:
             **self.q_values(fp, result.model),
         )
         return result, acc
+
+
+def train_teacher(model, train, recipe, settings, seed):
+    """Train ``model`` in place with the strong-teacher recipe (see ``Bench.teacher``)."""
+    x, y = train
+    batches = datasets.augmented_batches(
+        x, y, batch_size=settings["batch"], seed=seed, **settings["augment"]
+    )
+    steps = recipe["epochs"] * int(np.ceil(len(x) / settings["batch"]))
+    optimizer = keras.optimizers.AdamW(
+        keras.optimizers.schedules.CosineDecay(recipe["lr"], steps),
+        weight_decay=recipe["weight_decay"],
+    )
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    model.compile(optimizer, training.task_loss(), metrics=["accuracy"])
+    model.fit(batches, epochs=recipe["epochs"], verbose=0)
+    order = np.random.default_rng(0).permutation(len(x))[: 20 * settings["batch"]]
+    step = settings["batch"]
+    training.recalibrate_batchnorm(
+        model, (x[order[i : i + step]] for i in range(0, len(order), step))
+    )
+    return model
 
 
 def deployment(fp, bnn, x, calibration, runs):

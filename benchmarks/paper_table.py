@@ -27,16 +27,23 @@ from harness import (
     HERE,
     PRESETS,
     Bench,
+    budget_epochs,
+    budget_name,
     deployment,
     deployment_markdown,
     log,
 )
 
 import bitat_keras as bk
-from bitat_keras import baselines, training
+from bitat_keras import baselines
 
 ABLATIONS = ("none", "intra", "cross")
-MAIN_ROWS = ("naive_ste", "reactnet", "bitat")
+MAIN_ROWS = ("naive_ste", "naive_ste_distill", "reactnet", "bitat")
+BASELINES = {
+    "naive_ste": baselines.naive_ste,
+    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
+    "reactnet": baselines.reactnet_two_step,
+}
 
 
 def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
@@ -46,42 +53,37 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
     from it)."""
     settings = bench.settings
     overrides = overrides or {}
-    keras.utils.set_random_seed(seed)
-    fp = bench.model()
-    start = time.perf_counter()
-    training.train_full_precision(
-        fp, bench.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
-    )
+    fp, record = bench.teacher(seed)
     bench.add(
         "full_precision",
         seed,
         accuracy=bench.accuracy(fp),
         val_accuracy=bench.accuracy(fp, "val"),
-        seconds=time.perf_counter() - start,
-        epochs=settings["fp_epochs"],
+        seconds=record["seconds"],
+        epochs=record["epochs"],
+        recipe=settings.get("teacher"),
     )
-    steps_per_epoch = int(np.ceil(len(bench.train[0]) / settings["batch"]))
+    data = bench.binarization_data(seed)
+    images = settings.get("subset") or len(bench.train[0])
+    steps_per_epoch = int(np.ceil(images / settings["batch"]))
     for budget in settings["budgets"]:
         if budget == 4 and "budget4" not in groups:
             continue
-        epochs = budget * settings["epochs"]
-        for name, method in (
-            ("naive_ste", baselines.naive_ste),
-            ("reactnet", baselines.reactnet_two_step),
-        ):
-            if name not in only:
+        epochs = budget_epochs(budget, settings["epochs"])
+        for name, method in BASELINES.items():
+            if name not in only or name not in settings["baseline_lr"]:
                 continue
             keras.utils.set_random_seed(seed)
             bnn, seconds = method(
                 fp,
-                bench.train,
+                data,
                 epochs=epochs,
                 learning_rate=settings["baseline_lr"][name],
                 batch_size=settings["batch"],
             )
             acc = bench.accuracy(bnn)
             bench.add(
-                name if budget == 1 else f"{name}_{budget}x",
+                name + budget_name(budget),
                 seed,
                 accuracy=acc,
                 val_accuracy=bench.accuracy(bnn, "val"),
@@ -94,7 +96,7 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
             bench.curves[name].append((budget, seed, seconds, acc))
         if "bitat" not in only:
             continue
-        row = "bitat_aggregated" if budget == 1 else f"bitat_aggregated_{budget}x"
+        row = "bitat_aggregated" + budget_name(budget)
         result, acc = bench.bitat_row(
             row, fp, seed, budget, validate=seed == 0 and budget == 1, **overrides
         )
@@ -113,6 +115,11 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
         bench.bitat_row("bitat_paper", fp, seed, 1, paper=True)
         for transform in ABLATIONS:
             bench.bitat_row(f"bitat_{transform}", fp, seed, 1, transform=transform)
+    if "ablation" in groups:  # the transform ablation of the premise presets (every seed)
+        bench.bitat_row("bitat_none", fp, seed, 1, transform="none")
+    if "more_data" in groups and settings.get("subset_extra"):
+        size = settings["subset_extra"]
+        bench.bitat_row(f"bitat_{size}_images", fp, seed, 1, size=size)
 
 
 def slim_history(history):
@@ -176,7 +183,7 @@ def summarize(bench, previous=None):
         "total_seconds": seconds + bench.seconds,
         "notes": (previous or {}).get("notes", []),
     }
-    report["goals"] = goals(rows)
+    report["goals"] = goals(rows, settings)
     return report
 
 
@@ -190,15 +197,16 @@ def annotate(preset, out_dir, text):
     return report
 
 
-def goals(rows):
+def goals(rows, settings=None):
     def mean(name):
         return rows[name]["accuracy_mean"] if name in rows else None
+
+    out = premise_goals(rows, (settings or {}).get("goal"), mean)
 
     fp, rn, naive, bitat = (
         mean(n) for n in ("full_precision", "reactnet", "naive_ste", "bitat_aggregated")
     )
-    out = {}
-    if None not in (fp, rn, naive, bitat):
+    if None not in (fp, rn, naive, bitat) and not out:
         out["bitat_1x_at_least_reactnet_plus_0.5"] = bitat >= rn + 0.005
         out["bitat_1x_at_least_naive_ste"] = bitat >= naive
         best = max(mean(r) for r in ("bitat_aggregated", "bitat_aggregated_2x") if r in rows)
@@ -223,28 +231,62 @@ def goals(rows):
     return out
 
 
+def premise_goals(rows, goal, mean):
+    """The targets of the premise presets (``goal``: margins over the best baseline and
+    from the teacher, as fractions), on 1x means; empty for the other presets."""
+    fp, rn, bitat = (mean(n) for n in ("full_precision", "reactnet", "bitat_aggregated"))
+    if not goal or None in (fp, bitat):
+        return {}
+    out = {}
+    names = [n for n in ("naive_ste", "naive_ste_distill", "reactnet") if n in rows]
+    if names:
+        best = max(mean(n) for n in names)
+        out[f"bitat_1x_at_least_best_baseline_plus_{100 * goal['over_baseline']:g}"] = (
+            bitat >= best + goal["over_baseline"]
+        )
+    out[f"bitat_1x_within_{100 * goal['within_fp']:g}_of_fp"] = bitat >= fp - goal["within_fp"]
+    out["moonshot_bitat_1x_within_0.3_of_fp"] = bitat >= fp - 0.003
+    fast = [mean(f"bitat_aggregated_{b}x") for b in ("0.25", "0.5")]
+    fast = [a for a in fast if a is not None]
+    if fast and rn is not None:
+        out["bitat_at_0.5x_or_less_at_least_reactnet_1x"] = max(fast) >= rn
+    binary = [r["accuracy_mean"] for n, r in rows.items() if n != "full_precision"]
+    out["teacher_at_least_1.0_above_the_best_binary_row"] = fp >= max(binary) + 0.01
+    if "bitat_none" in rows:
+        agg, none = rows["bitat_aggregated"]["per_seed"], rows["bitat_none"]["per_seed"]
+        diffs = [agg[s]["accuracy"] - none[s]["accuracy"] for s in none if s in agg]
+        if len(diffs) >= 2:
+            se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+            gain = float(np.mean(diffs))
+            out["transform_aggregated_beats_none_by_0.3_beyond_its_standard_error"] = (
+                gain >= 0.003 and gain > se
+            )
+    return out
+
+
 def _mean(per_seed, key):
     values = [v[key] for v in per_seed.values() if v.get(key) is not None]
     return float(np.mean(values)) if values else None
 
 
-ROW_ORDER = [
-    "full_precision",
-    "naive_ste",
-    "naive_ste_2x",
-    "naive_ste_4x",
-    "reactnet",
-    "reactnet_2x",
-    "reactnet_4x",
-    "bitat_aggregated",
-    "bitat_aggregated_2x",
-    "bitat_aggregated_4x",
-    "bitat_paper",
-    "bitat_none",
-    "bitat_intra",
-    "bitat_cross",
-    "bitat_teacher",  # BiTAT's earlier defaults: the teacher's distribution as the loss
-]
+METHOD_ORDER = ("full_precision", "naive_ste", "naive_ste_distill", "reactnet", "bitat_aggregated")
+OTHER_ORDER = ("bitat_paper", "bitat_none", "bitat_intra", "bitat_cross")
+# bitat_teacher: BiTAT's earlier defaults (the teacher's distribution as the loss).
+
+
+def row_order(names):
+    """Rows by method, each method's budgets ascending; then the ablations; then the rest."""
+
+    def key(name):
+        for i, method in enumerate(METHOD_ORDER):
+            rest = name[len(method) :]
+            if name.startswith(method) and (not rest or rest[1:-1].replace(".", "").isdigit()):
+                return (i, float(rest[1:-1]) if rest else 1.0, name)
+        if name in OTHER_ORDER:
+            return (len(METHOD_ORDER), OTHER_ORDER.index(name), name)
+        return (len(METHOD_ORDER) + 1, 0, name)
+
+    return sorted(names, key=key)
 
 
 def markdown(report):
@@ -266,10 +308,8 @@ def markdown(report):
         "| Q_orig | Q_ours |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ROW_ORDER:
-        row = report["rows"].get(name)
-        if row is None:
-            continue
+    for name in row_order(report["rows"]):
+        row = report["rows"][name]
         v = row["v_parameters"]
         vtxt = f"{v['used']:,} / {v['full']:,} ({v['ratio']:.2%})" if v else "-"
         q = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
@@ -301,6 +341,7 @@ def plot(report, path):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     labels = {
         "naive_ste": ("naive STE", "^"),
+        "naive_ste_distill": ("naive STE, teacher's distribution", "v"),
         "reactnet": ("ReActNet two-step", "o"),
         "bitat": ("BiTAT (defaults)", "s"),
         "bitat_teacher": ("BiTAT, teacher's distribution (earlier defaults)", "x"),
@@ -325,7 +366,7 @@ def plot(report, path):
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
     points = [p for curve in report["curves"].values() for p in curve]
-    budgets = "/".join(f"{b}x" for b in sorted({p[0] for p in points}))
+    budgets = "/".join(f"{b:g}x" for b in sorted({p[0] for p in points}))
     ax.set_title(f"Accuracy vs wall time ({report['preset']} preset, {budgets}; means and seeds)")
     ax.legend()
     fig.tight_layout()
@@ -392,11 +433,17 @@ def run(
 
     bench.on_row = save
     for seed in seeds:
-        extra = set(groups) if seed < settings["extra_seeds"] else set()
+        # "ablation" runs on every seed; the other groups on the first extra_seeds.
+        extra = set(groups) if seed < settings["extra_seeds"] else set(groups) & {"ablation"}
         run_seed(bench, seed, extra, overrides, only)
     report = save()
     log(f"wrote {os.path.join(out_dir, preset)}.json, .md and _accuracy_vs_cost.png")
     return report
+
+
+def _number(text):
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def main(argv=None):
@@ -407,13 +454,15 @@ def main(argv=None):
     parser.add_argument(
         "--groups",
         default="budget4,extra,deploy",
-        help="rows beyond the main ones (comma list of budget4, extra, deploy)",
+        help="rows beyond the main ones (comma list of budget4, extra, deploy; the premise "
+        "presets: ablation (bitat_none on every seed), more_data (BiTAT on subset_extra))",
     )
-    parser.add_argument("--budgets", default=None, help="comma list, e.g. 1,2")
+    parser.add_argument("--budgets", default=None, help="comma list, e.g. 0.25,0.5,1,2")
     parser.add_argument(
         "--rows",
         default=",".join(MAIN_ROWS),
-        help="main rows to run (comma list of naive_ste, reactnet, bitat); the others keep "
+        help="main rows to run (comma list of naive_ste, naive_ste_distill, reactnet, bitat; "
+        "naive_ste_distill only where the preset has its learning rate); the others keep "
         "their merged results",
     )
     parser.add_argument(
@@ -427,7 +476,7 @@ def main(argv=None):
         annotate(args.preset, args.out, args.annotate)
         return 0
     groups = tuple(g for g in args.groups.split(",") if g)
-    budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else None
+    budgets = tuple(_number(b) for b in args.budgets.split(",")) if args.budgets else None
     overrides = json.loads(args.bitat) if args.bitat else None
     only = tuple(r for r in args.rows.split(",") if r)
     unknown = sorted(set(only) - set(MAIN_ROWS))

@@ -37,8 +37,9 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
 
 
 def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=256,
-              verbose=0, callbacks=None, sample_weight=None):  # fmt: skip
-    """All eligible convs binarized at once from the FP weights, task loss only.
+              verbose=0, callbacks=None, sample_weight=None, distill=False):  # fmt: skip
+    """All eligible convs binarized at once from the FP weights, on the task loss (or,
+    with ``distill``, on ReActNet's distributional loss with the FP model as teacher).
 
     Args:
         fp_model: the pre-trained full-precision model (left untouched).
@@ -49,6 +50,8 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=25
         sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
             ``(x, y)`` ``train_data``, as in ``keras.Model.fit``. A ValueError with a
             Dataset or ``(x, y, sample_weight)`` data (give the weights there).
+        distill: train on the soft cross-entropy to the FP model's outputs (the teacher)
+            instead of the labels: one step, everything binary, no weight decay.
 
     Returns:
         ``(model, seconds)``.
@@ -59,9 +62,13 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=25
     start = time.perf_counter()
     train_data = with_sample_weight(train_data, sample_weight)
     with float32_policy():  # a mixed-precision model comes back float32 (precision.py)
+        teacher = None
+        if distill:
+            teacher = keras.models.clone_model(fp_model)
+            teacher.set_weights(fp_model.get_weights())
         model = binarize(fp_model, train_data)
         data = TrainData(train_data, model, batch_size)
-        _train(model, data, epochs, learning_rate, None, None, verbose, callbacks)
+        _train(model, data, epochs, learning_rate, None, teacher, verbose, callbacks)
     return compile_result(model), time.perf_counter() - start
 
 

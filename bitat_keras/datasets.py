@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DATASETS",
+    "augmented_batches",
     "CorruptDatasetError",
     "DatasetUnavailableError",
     "fashion_mnist_source",
@@ -445,12 +446,75 @@ def _import_tfds():
     return tf, tfds
 
 
-def _cifar_train_map(tf, image, seed):
+def _shift_flip(tf, image, seed, shift, flip):
+    """Zero-pad by ``shift``, randomly crop back (a random shift of up to ``shift`` pixels
+    each way), then randomly flip left-right; stateless, from the pair ``seed``."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    if shift:
+        image = tf.image.stateless_random_crop(
+            tf.pad(image, [[shift, shift], [shift, shift], [0, 0]]),
+            size=tf.shape(image),
+            seed=crop_seed,
+        )
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed) if flip else image
+
+
+def _cifar_train_map(tf, image, seed):
     image = tf.image.convert_image_dtype(image, tf.float32)  # uint8 -> [0, 1]
-    image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])  # zero padding, as in ResNet's CIFAR recipe
-    image = tf.image.stateless_random_crop(image, size=(32, 32, 3), seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return _shift_flip(tf, image, seed, shift=4, flip=True)  # as in ResNet's CIFAR recipe
+
+
+def augmented_batches(x, y, *, batch_size, seed=0, shift=2, flip=True):
+    """Shuffled, augmented batches of numpy images: a training set for ``keras.Model.fit``,
+    :func:`bitat_keras.progressive_fit` and the baselines.
+
+    Every pass reshuffles and draws new augmentations: each image is shifted by up to
+    ``shift`` pixels each way (zero padding, then a random crop back to its size) and, with
+    ``flip``, mirrored left-right with probability 1/2. Stateless ops seeded from ``seed``:
+    the same arguments give the same sequence of batches. Needs TensorFlow (tf.data), under
+    any Keras backend.
+
+    Args:
+        x: float images ``(N, H, W, C)``.
+        y: integer labels ``(N,)``.
+        batch_size: examples per batch (the last batch of a pass may be smaller).
+        seed: seeds the shuffle and the augmentation.
+        shift: largest shift in pixels (0: none).
+        flip: random left-right flips.
+
+    Returns:
+        A finite ``tf.data.Dataset`` of ``(images float32, labels int32)`` batches, one pass
+        over the data per iteration.
+
+    Example:
+        >>> train = augmented_batches(x, y, batch_size=128, seed=0)
+        >>> model.fit(train, epochs=30)
+    """
+    x, y = np.asarray(x, dtype="float32"), np.asarray(y)
+    if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            "Expected images of shape (N, H, W, C) and N labels, N > 0. Received shapes "
+            f"{x.shape} and {y.shape}"
+        )
+    if isinstance(shift, bool) or not isinstance(shift, int | np.integer) or shift < 0:
+        raise ValueError(f"`shift` must be an integer >= 0. Received: {shift!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+    import tensorflow as tf
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def augment(example, pair):
+        image, label = example
+        return _shift_flip(tf, image, pair, int(shift), bool(flip)), label
+
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
 
 
 def _imagenet_train_map(tf, image, seed):

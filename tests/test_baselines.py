@@ -67,3 +67,20 @@ def test_naive_ste_on_a_relu_cnn_is_far_above_chance(digits):
         warnings.simplefilter("ignore")
         bnn, _ = baselines.naive_ste(fp, (x, y), epochs=10, batch_size=32, learning_rate=4e-3)
     assert accuracy(bnn, xt, yt) > FLOORS["relu_cnn"]
+
+
+def test_naive_ste_distill_learns_from_the_teacher_not_the_labels(reactnet_fp, digits):
+    """With ``distill=True`` the loss is the teacher's distribution: shuffled labels give
+    the same model; without it, they do not."""
+    (x, y), (xt, yt) = digits
+    x, y = x[:256], y[:256]
+    wrong = np.roll(y, 1)
+    outputs = {}
+    for distill in (True, False):
+        for name, labels in (("right", y), ("wrong", wrong)):
+            keras.utils.set_random_seed(0)
+            bnn, _ = baselines.naive_ste(reactnet_fp, (x, labels), epochs=2, batch_size=32,
+                                         learning_rate=4e-3, distill=distill)  # fmt: skip
+            outputs[distill, name] = keras.ops.convert_to_numpy(call_model(bnn, xt[:64]))
+    np.testing.assert_allclose(outputs[True, "right"], outputs[True, "wrong"], atol=1e-5)
+    assert np.max(np.abs(outputs[False, "right"] - outputs[False, "wrong"])) > 0.1

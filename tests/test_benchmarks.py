@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bitat_keras as bk
@@ -205,3 +206,60 @@ def test_own_models_results_meet_the_targets_and_render_as_committed():
             assert run["rows"]["bitat"]["test"] > 0.5 and run["rows"]["naive_ste"]["test"] > 0.5
             assert run["thresholded"] == ([] if name == "cnn_leaky" else run["binarized"])
     assert own_models.markdown(results) == (results_dir / "own_models.md").read_text()
+
+
+def test_premise_presets_mini(tmp_path):
+    """The strong-teacher and low-data presets in their mini forms: the teacher trained
+    once (augmentation, AdamW, cosine decay) and cached; every binary row on the labelled
+    subset, at fractional budgets; naive STE with and without distillation; BiTAT's
+    transform ablation and its run on the larger subset; the premise goals."""
+    import harness
+    import paper_table
+
+    report = paper_table.run("lowdata_mini", str(tmp_path), groups=("ablation", "more_data"))
+    rows = report["rows"]
+    for method in ("naive_ste", "naive_ste_distill", "reactnet", "bitat_aggregated"):
+        for suffix in ("", "_0.5x"):
+            assert 0.0 <= rows[method + suffix]["accuracy_mean"] <= 1.0
+    # The subset: 96 images in batches of 32 -> 3 steps per epoch; 1x is 4 epochs.
+    assert rows["reactnet"]["steps"] == 12 and rows["naive_ste_distill_0.5x"]["steps"] == 6
+    assert rows["bitat_160_images"]["steps"] > rows["bitat_aggregated"]["steps"]
+    assert rows["bitat_none"]["v_parameters"]["used"] == 0
+    teacher = json.loads((tmp_path / "teachers" / "lowdata_mini_seed0.json").read_text())
+    fp = rows["full_precision"]["per_seed"]["0"]
+    assert fp["recipe"] == harness.PRESETS["lowdata_mini"]["teacher"]
+    assert fp["seconds"] == teacher["seconds"] and fp["accuracy"] == teacher["accuracy"]
+    goals = report["goals"]
+    assert "bitat_at_0.5x_or_less_at_least_reactnet_1x" in goals
+    assert "teacher_at_least_1.0_above_the_best_binary_row" in goals
+    assert "| naive_ste_distill_0.5x |" in (tmp_path / "lowdata_mini.md").read_text()
+    # A second seed reuses nothing of seed 0's teacher; seed 0 again reuses its cache.
+    again = paper_table.run("lowdata_mini", str(tmp_path), seeds=[0], groups=(), only=())
+    assert again["rows"]["full_precision"]["per_seed"]["0"]["seconds"] == teacher["seconds"]
+
+    strong = paper_table.run(
+        "cpu_strong_mini", str(tmp_path), groups=(), only=("reactnet",), budgets=(1,)
+    )
+    assert strong["train_size"] == 224 and strong["rows"]["reactnet"]["steps"] == 3 * 7
+    assert (tmp_path / "teachers" / "cpu_strong_mini_seed0.keras").is_file()
+
+
+def test_budget_helpers():
+    import harness
+    import paper_table
+
+    assert [harness.budget_name(b) for b in (1, 2, 0.25, 0.5)] == ["", "_2x", "_0.25x", "_0.5x"]
+    assert harness.budget_epochs(0.25, 48) == 12 and harness.budget_epochs(0.25, 4) == 2
+    y = np.repeat(np.arange(4), [10, 3, 7, 5])
+    rows = harness.balanced_subset(y, 10, seed=1)
+    assert sorted(np.bincount(y[rows])) == [2, 2, 3, 3]
+    assert not np.array_equal(rows, harness.balanced_subset(y, 10, seed=2))
+    np.testing.assert_array_equal(rows, harness.balanced_subset(y, 10, seed=1))
+    names = ["bitat_none", "reactnet_2x", "naive_ste_0.25x", "full_precision", "naive_ste"]
+    assert paper_table.row_order(names) == [
+        "full_precision",
+        "naive_ste_0.25x",
+        "naive_ste",
+        "reactnet_2x",
+        "bitat_none",
+    ]

@@ -475,3 +475,63 @@ def test_numpy_datasets_do_not_import_tensorflow_under_jax():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("OK")
+
+
+# ------------------------------------------------------------------ augmented_batches
+
+
+def _shifted(image, dy, dx):
+    """``image`` moved by (dy, dx) pixels with zero fill: the oracle of a padded crop."""
+    out = np.zeros_like(image)
+    h, w = image.shape[:2]
+    src = image[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    return out
+
+
+def test_augmented_batches_are_shifts_and_flips_of_the_inputs():
+    """Every output image is its input shifted by at most `shift` pixels (zero fill),
+    maybe mirrored; every image appears once per pass; a pass reshuffles and redraws;
+    the same seed gives the same batches."""
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 6, 5, 1)).astype("float32") + 0.1  # no zero pixels
+    y = np.arange(10)
+    ds = D.augmented_batches(x, y, batch_size=4, seed=3, shift=2, flip=True)
+    assert int(ds.cardinality()) == 3
+    passes = [[(b[0].numpy(), b[1].numpy()) for b in ds] for _ in range(2)]
+    for batches in passes:
+        labels = np.concatenate([labels for _, labels in batches])
+        assert sorted(labels) == list(range(10))
+        for images, labels in batches:
+            for image, label in zip(images, labels, strict=True):
+                candidates = [
+                    _shifted(src, dy, dx)
+                    for src in (x[label], x[label][:, ::-1])
+                    for dy in range(-2, 3)
+                    for dx in range(-2, 3)
+                ]
+                assert any(np.array_equal(image, c) for c in candidates)
+    first, second = passes
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+    again = D.augmented_batches(x, y, batch_size=4, seed=3, shift=2, flip=True)
+    for a, b in zip(first, [(t[0].numpy(), t[1].numpy()) for t in again], strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    plain = D.augmented_batches(x, y, batch_size=10, seed=0, shift=0, flip=False)
+    images, labels = next(iter(plain))
+    np.testing.assert_array_equal(images.numpy(), x[labels.numpy()])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(x=np.zeros((3, 4, 4)), y=np.zeros(3)), "shape"),
+        (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(2)), "shape"),
+        (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), shift=-1), "shift"),
+        (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), batch_size=0), "batch_size"),
+    ],
+)
+def test_augmented_batches_bad_input(kwargs, match):
+    kwargs.setdefault("batch_size", 2)
+    x, y = kwargs.pop("x"), kwargs.pop("y")
+    with pytest.raises(ValueError, match=match):
+        D.augmented_batches(x, y, **kwargs)

@@ -1,0 +1,107 @@
+"""ReActNet's converged epoch count on a preset: the 1x budget of the paper table.
+
+Trains ReActNet's two-step recipe from the preset's teacher (seed 0 by default) on the
+data the binary rows see (the preset's subset and augmentation) at doubling epoch counts,
+and reports validation accuracy and wall time for each. "Converged" is the smallest count
+whose doubling gains less than 0.3 points on the validation split. Writes
+``results/converge_<preset>.json`` and ``.md``.
+
+    python benchmarks/converge.py --preset lowdata --epochs 40,80,160,320
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import keras
+from harness import HERE, PRESETS, Bench, log
+
+from bitat_keras import baselines
+
+GAIN = 0.003  # a doubling that gains less than this on validation: converged
+
+
+def converged(points):
+    """The smallest epoch count whose doubling gains less than ``GAIN`` (None if none)."""
+    by_epochs = {p["epochs"]: p["val_accuracy"] for p in points}
+    for epochs in sorted(by_epochs):
+        if 2 * epochs in by_epochs and by_epochs[2 * epochs] - by_epochs[epochs] < GAIN:
+            return epochs
+    return None
+
+
+def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
+    settings = PRESETS[preset]
+    bench = Bench(preset, settings, out_dir)
+    fp, record = bench.teacher(seed)
+    data = bench.binarization_data(seed)
+    points = []
+    for epochs in epoch_counts:
+        keras.utils.set_random_seed(seed)
+        train = baselines.reactnet_two_step if method == "reactnet" else baselines.naive_ste
+        bnn, seconds = train(
+            fp,
+            data,
+            epochs=epochs,
+            learning_rate=settings["baseline_lr"][method],
+            batch_size=settings["batch"],
+        )
+        points.append(
+            {"epochs": epochs, "seconds": seconds, "val_accuracy": bench.accuracy(bnn, "val")}
+        )
+        log(f"{method} {epochs} epochs: val {points[-1]['val_accuracy']:.4f}, {seconds:.0f} s")
+    report = {
+        "preset": preset,
+        "method": method,
+        "seed": seed,
+        "command": "python benchmarks/converge.py " + " ".join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "backend": keras.backend.backend(),
+        "teacher": {k: v for k, v in record.items() if k != "key"},
+        "learning_rate": settings["baseline_lr"][method],
+        "points": points,
+        "converged_epochs": converged(points),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, f"converge_{preset}")
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [
+        f"# {method} convergence, preset `{preset}` (seed {seed})",
+        "",
+        f"Command: `{report['command']}`; machine: {report['machine']['platform']}, "
+        f"{report['machine']['cpus']} CPUs; learning rate {report['learning_rate']:g}.",
+        f"Teacher: test {record.get('accuracy', float('nan')):.2%}, validation "
+        f"{record.get('val_accuracy', float('nan')):.2%}, {record['seconds']:.0f} s.",
+        "",
+        "| epochs | validation acc. | wall s |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {p['epochs']} | {p['val_accuracy']:.2%} | {p['seconds']:.0f} |" for p in points]
+    lines += [
+        "",
+        f"Converged (doubling gains < {100 * GAIN:g} points): {report['converged_epochs']} epochs.",
+    ]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="lowdata")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--epochs", default="40,80,160,320", help="comma list")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=("reactnet", "naive_ste"), default="reactnet")
+    args = parser.parse_args(argv)
+    epochs = [int(e) for e in args.epochs.split(",")]
+    report = run(args.preset, args.out, epochs, args.seed, args.method)
+    print(json.dumps({k: report[k] for k in ("points", "converged_epochs")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
