@@ -36,14 +36,13 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
     settings = PRESETS[preset]
     bench = Bench(preset, settings, out_dir)
     fp, record = bench.teacher(seed)
-    data = bench.binarization_data(seed)
     points = []
     for epochs in epoch_counts:
         keras.utils.set_random_seed(seed)
         train = baselines.reactnet_two_step if method == "reactnet" else baselines.naive_ste
         bnn, seconds = train(
             fp,
-            data,
+            bench.binarization_data(seed),
             epochs=epochs,
             learning_rate=settings["baseline_lr"][method],
             batch_size=settings["batch"],
@@ -52,6 +51,13 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
             {"epochs": epochs, "seconds": seconds, "val_accuracy": bench.accuracy(bnn, "val")}
         )
         log(f"{method} {epochs} epochs: val {points[-1]['val_accuracy']:.4f}, {seconds:.0f} s")
+        report = write(preset, out_dir, method, seed, record, settings, points)
+    return report
+
+
+def write(preset, out_dir, method, seed, record, settings, points):
+    """Write the report of the points so far (after each one: an interrupted run keeps
+    them)."""
     report = {
         "preset": preset,
         "method": method,

@@ -245,8 +245,12 @@ def test_premise_presets_mini(tmp_path):
 
 
 def test_budget_helpers():
+    import converge
     import harness
     import paper_table
+
+    points = [{"epochs": e, "val_accuracy": a} for e, a in ((40, 0.80), (80, 0.85), (160, 0.852))]
+    assert converge.converged(points) == 80 and converge.converged(points[:2]) is None
 
     assert [harness.budget_name(b) for b in (1, 2, 0.25, 0.5)] == ["", "_2x", "_0.25x", "_0.5x"]
     assert harness.budget_epochs(0.25, 48) == 12 and harness.budget_epochs(0.25, 4) == 2
