@@ -143,6 +143,7 @@ PRESETS["cpu_strong_mini"] = {
     **PRESETS["mini"],
     "teacher": dict(epochs=3, lr=2e-3, weight_decay=0.05),
     "augment": dict(shift=1, flip=False),
+    "goal": dict(over_baseline=0.005, within_fp=0.01),
     "budgets": (0.5, 1),
     "baseline_lr": dict(naive_ste=2e-3, naive_ste_distill=2e-3, reactnet=2e-3),
 }
