@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from bitat_keras.checkpoint import data_digest
+from bitat_keras.multi_worker import batch_part, broadcast
 
 
 def _is_tf_dataset(data):
@@ -113,6 +114,9 @@ class SeededBatches(keras.utils.PyDataset):
     batches run through the data pass after pass (a new permutation each pass), so an
     "epoch" of ``steps`` batches may end inside a pass (fractional epochs).
 
+    Under several JAX processes (``keras.distribution.initialize``) each process yields its
+    own consecutive share of every batch, as Keras expects of a process's data.
+
     Args:
         x, y: the arrays.
         batch_size: samples per batch (the last batch of a pass may be smaller).
@@ -125,6 +129,7 @@ class SeededBatches(keras.utils.PyDataset):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
         self.w = sample_weight
+        self.part = batch_part()
         self.per_pass = math.ceil(len(x) / self.batch_size)
         self.steps = int(steps) if steps else self.per_pass
         self.epoch = 0
@@ -141,6 +146,9 @@ class SeededBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         p, j = divmod(self.epoch * self.steps + index, self.per_pass)
         rows = np.sort(self._order(p)[j * self.batch_size : (j + 1) * self.batch_size])
+        if self.part is not None:  # this process's share of the batch (keras.distribution)
+            index, count = self.part
+            rows = rows[index * len(rows) // count : (index + 1) * len(rows) // count]
         if self.w is not None:
             return self.x[rows], self.y[rows], self.w[rows]
         return self.x[rows], self.y[rows]
@@ -174,6 +182,12 @@ class TrainData:
         self._repeated = None
         self.devices, self._split = batch_splits()
         if _is_tf_dataset(data):
+            if batch_part() is not None:
+                raise ValueError(
+                    f"`{what}`: under several JAX processes give numpy arrays (x, y): each "
+                    "process then feeds its share of every batch. A tf.data.Dataset is not "
+                    f"supported there yet. Received a {type(data).__name__}."
+                )
             self.dataset = data
             first = next(iter(data.take(1)), None)
             if first is None:
@@ -290,15 +304,13 @@ class TrainData:
                 "number of samples accordingly (e.g. drop the last few samples)."
             )
 
-    def fit_kwargs(self):
-        """Arguments for ``fit``: the dataset, or the arrays (and ``sample_weight``)
-        shuffled by Keras."""
+    def fit_kwargs(self, seed):
+        """Arguments for ``fit`` or ``evaluate``: the dataset, or the arrays (and
+        ``sample_weight``) as ``SeededBatches`` whose order ``seed`` draws."""
         if self.dataset is not None:
             return {"x": self.dataset, "shuffle": False}
-        kwargs = {"x": self.x, "y": self.y, "batch_size": self.batch_size, "shuffle": True}
-        if self.w is not None:
-            kwargs["sample_weight"] = self.w
-        return kwargs
+        batches = SeededBatches(self.x, self.y, self.batch_size, seed, sample_weight=self.w)
+        return {"x": batches, "shuffle": False}
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with
@@ -320,22 +332,28 @@ class TrainData:
         batches = SeededBatches(self.x, self.y, self.batch_size, seed, steps, self.w)
         return {"x": batches, "epochs": 1, "shuffle": False}, steps
 
+    # The samples below decide what the run does between phases (statistics, groups, s and
+    # V, thresholds, BatchNorm statistics): in several processes each is the chief's.
+
     def sample(self, n, seed):
         """``(x, y)``: up to ``n`` samples (seeded for arrays, the first batch of a dataset)."""
         if self.dataset is None:
             idx = np.sort(np.random.default_rng(seed).permutation(len(self.x))[:n])
-            return self.x[idx], np.asarray(self.y)[idx]
+            return broadcast(self.x[idx]), broadcast(np.asarray(self.y)[idx])
         x, y = next(iter(self.dataset))[:2]
-        return np.asarray(x, dtype="float32")[:n], np.asarray(y)[:n]
+        return broadcast(np.asarray(x, dtype="float32")[:n]), broadcast(np.asarray(y)[:n])
 
     def images(self, n, seed):
         """Up to ``n`` input images (seeded sample for arrays, first batches for datasets)."""
-        return sample_images(self.x if self.dataset is None else self.dataset, n, seed)
+        return broadcast(sample_images(self.x if self.dataset is None else self.dataset, n, seed))
 
     def batches(self, n, seed, merge=1):
         """Up to ``n`` batches of inputs, for re-estimating BatchNorm statistics, yielded
         ``merge`` batches at a time (fewer, larger forward passes: eager calls cost mostly
         per-op dispatch)."""
+        return map(broadcast, self._batches(n, seed, merge))
+
+    def _batches(self, n, seed, merge):
         merge = max(int(merge), 1)
         if self.dataset is None:
             order = np.random.default_rng(seed).permutation(len(self.x))

@@ -3,12 +3,14 @@
 import time
 
 import keras
+import numpy as np
 
 from bitat_keras import quantizers
 from bitat_keras._data import TrainData, with_sample_weight
 from bitat_keras.distill import Distiller
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize
+from bitat_keras.multi_worker import keras_fit_fixes
 from bitat_keras.precision import float32_policy
 from bitat_keras.training import (
     accuracy,
@@ -32,7 +34,13 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
         metrics=None if teacher is not None else ["accuracy"],
         jit_compile=jit_compile(),
     )
-    trainer.fit(**data.fit_kwargs(), epochs=epochs, verbose=verbose, callbacks=callbacks or [])
+    # The data order: drawn from numpy's global generator, which keras.utils.set_random_seed
+    # seeds (the same in every process of a multi-process run).
+    order = int(np.random.randint(2**31 - 1))
+    with keras_fit_fixes():
+        trainer.fit(
+            **data.fit_kwargs(order), epochs=epochs, verbose=verbose, callbacks=callbacks or []
+        )
     recalibrate_batchnorm(model, data.batches(20, seed=0))
 
 

@@ -9,6 +9,8 @@ import zlib
 
 import numpy as np
 
+from bitat_keras.multi_worker import is_chief
+
 __all__ = ["STATE", "Checkpointer", "CheckpointError", "data_digest", "weights_digest"]
 
 STATE = "state.json"
@@ -162,7 +164,9 @@ class Checkpointer:
 
     def save(self, model, completed, history, block_meta=None, block_arrays=None, final=False):
         """Write the checkpoint for ``completed`` finished layers (``final``: and the joint
-        phase after the last layer)."""
+        phase after the last layer). In several processes only the chief writes."""
+        if not is_chief():
+            return
         suffix = "final" if final else ""
         weights = f"layer{completed:03d}{suffix}.weights.h5"
         self._write(weights, model.save_weights)

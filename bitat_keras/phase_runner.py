@@ -298,6 +298,6 @@ class PhaseRunner:
 
 
 def _eval_kwargs(data):
-    kwargs = data.fit_kwargs()
+    kwargs = data.fit_kwargs(seed=0)
     kwargs.pop("shuffle", None)
     return kwargs

@@ -7,10 +7,10 @@ import time
 import keras
 import numpy as np
 
-from bitat_keras import phases, training, transform
+from bitat_keras import multi_worker, phases, training, transform
 from bitat_keras._data import with_sample_weight
 from bitat_keras.block import BlockTransform
-from bitat_keras.checkpoint import Checkpointer, weights_digest
+from bitat_keras.checkpoint import Checkpointer, CheckpointError, weights_digest
 from bitat_keras.config import BiTATConfig
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import check_model
@@ -275,6 +275,29 @@ def _fingerprint(config, names, model, data):
     )
 
 
+def _check_same_checkpoint(state, checkpoint_dir):
+    """In several processes every one must resume from the chief's checkpoint (the folder
+    on storage they all read), or they would train different networks."""
+    if multi_worker.process_count() == 1:
+        return
+    mine = np.array([-1, 0] if state is None else [state["completed"], state["final_done"]])
+    chief = multi_worker.broadcast(mine)
+    if not np.array_equal(mine, chief):
+        raise CheckpointError(
+            f"Process {multi_worker.process_index()} finds in checkpoint_dir "
+            f"{checkpoint_dir!r} {_describe(mine)}, but the chief finds {_describe(chief)}. "
+            "Every process must read the chief's checkpoint: put checkpoint_dir on storage "
+            "that all of them share, or copy the chief's folder to each before resuming."
+        )
+
+
+def _describe(completed_final):
+    completed, final = (int(v) for v in completed_final)
+    if completed < 0:
+        return "no checkpoint"
+    return f"a checkpoint after layer {completed}" + (" and the final phase" if final else "")
+
+
 def progressive_fit(
     model,
     train_data,
@@ -308,7 +331,10 @@ def progressive_fit(
         validation_data: optional data of the same kind, evaluated after every phase.
         callbacks: Keras callbacks, passed to every ``fit`` call (each phase).
         checkpoint_dir: folder for per-layer checkpoints; a run restarted with the same
-            arguments resumes after the last completed layer (or the final phase).
+            arguments resumes after the last completed layer (or the final phase). In
+            several processes (``tf.distribute.MultiWorkerMirroredStrategy``, JAX's
+            ``keras.distribution.initialize``) only the chief writes it, and every process
+            must read the chief's folder when resuming (shared storage).
         verbose: Keras verbosity for the epoch level; any truthy value also prints the
             layer level ("layer k/L").
         sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
@@ -329,7 +355,8 @@ def progressive_fit(
     config = config or BiTATConfig()
     if not isinstance(config, BiTATConfig):
         raise TypeError(f"`config` must be a BiTATConfig. Received: {type(config).__name__}")
-    with float32_policy():  # every layer built from here on computes in float32
+    # float32_policy: every layer built from here on computes in float32
+    with float32_policy(), multi_worker.keras_fit_fixes():
         check_model(model)
         train_data = with_sample_weight(train_data, sample_weight)
         run = _Algorithm1(model, train_data, config, validation_data, callbacks, verbose)
@@ -339,6 +366,7 @@ def progressive_fit(
                 checkpoint_dir, _fingerprint(config, run.names, model, run.data)
             )
             state = run.ckpt.load()
+            _check_same_checkpoint(state, checkpoint_dir)
             if state is not None:
                 first = run.restore(state)
                 run.log(f"resuming from {checkpoint_dir!r} after layer {first}/{len(run.names)}")
