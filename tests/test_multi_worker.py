@@ -217,3 +217,29 @@ def test_killed_workers_resume_after_the_last_completed_layer(tmp_path, processe
         assert f"RESUMED-AFTER {completed}" in processes.output(f"multi{index}")
     assert_identical(tmp_path, "two0", "multi0")
     assert_identical(tmp_path, "multi0", "multi1")
+
+
+def test_one_process_is_the_chief_and_nothing_changes():
+    """Outside a multi-process run: one process, the chief; broadcast returns its input;
+    the Keras fixes leave Keras' trainer as it is."""
+    import keras
+
+    import bitat_keras as bk
+
+    mw = bk.multi_worker
+    assert (mw.process_count(), mw.process_index(), mw.is_chief()) == (1, 0, True)
+    assert mw.batch_part() is None
+    x = np.arange(6, dtype="int32").reshape(2, 3)
+    got = mw.broadcast(x)
+    np.testing.assert_array_equal(got, x)
+    assert got.dtype == x.dtype
+    if keras.backend.backend() == "tensorflow":
+        from keras.src.backend.tensorflow import trainer
+
+        def patched():  # what keras_fit_fixes replaces under a multi-worker strategy
+            return trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
+
+        before = patched()
+        with mw.keras_fit_fixes():
+            assert patched() == before
+        assert patched() == before
