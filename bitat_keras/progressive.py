@@ -43,8 +43,10 @@ class BiTATResult:
         v_parameters: ``{"full": ..., "used": ..., "ratio": ...}``: entries of V as used
             against the full (un-aggregated, cross-layer) V over all blocks.
         seconds: wall time of the whole run (this process only, when resumed).
-        traces: how many times the training step was traced (compiled): one for the whole
-            run, plus one for a last partial batch of another size.
+        traces: how many times the training step was traced (compiled): once for the
+            whole run (twice under TensorFlow, whose first call of a function that may
+            create variables traces it twice), plus once for a last partial batch of
+            another size.
         plan: the ``BinarizationPlan`` decided before training (``print(result.plan)``).
     """
 

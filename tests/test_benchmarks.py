@@ -267,3 +267,36 @@ def test_budget_helpers():
         "reactnet_2x",
         "bitat_none",
     ]
+
+
+def test_memory_script_records_rss_of_every_phase(tmp_path):
+    """benchmarks/memory.py --mini: 3 blocks (8 binarized convs); every phase of the run
+    (quantize of each layer, fine-tune of all but the last, the final phase) has its RSS at
+    the end and its peak, and the growth figure compares the 2nd layer with the last."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--mini", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "memory_mini.json").read_text())
+    assert report["settings"]["binarized_layers"] == 8
+    kinds = [(p["index"], p["phase"]) for p in report["phases"]]
+    expected = [(i, phase) for i in range(8) for phase in ("quantize", "finetune")][:-1]
+    assert kinds == [*expected, (None, "final")]
+    for p in report["phases"]:
+        assert p["rss_end_mb"] > 100  # a TensorFlow process holds hundreds of MB
+        assert p["peak_mb"] >= max(p["prep_peak_mb"], p["fit_peak_mb"]) >= p["rss_end_mb"]
+        assert p["python_objects"] > 0 and p["traces"] >= 1
+    assert [r["index"] for r in report["layers"]] == list(range(8))
+    g = report["growth"]
+    assert g["second_layer"] == report["layers"][1]["layer"]
+    first, last = g["peak_second_mb"], g["peak_last_mb"]
+    assert g["peak"] == pytest.approx((last - first) / first)
+    assert g["peak_last_mb"] == report["layers"][-1]["peak_mb"]
+    text = (tmp_path / "memory_mini.md").read_text()
+    assert text.count("| quantize |") == 8 and "| final |" in text and "Growth from" in text
+    assert (tmp_path / "memory_mini.png").stat().st_size > 1000
