@@ -36,8 +36,11 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
     settings = PRESETS[preset]
     bench = Bench(preset, settings, out_dir)
     fp, record = bench.teacher(seed)
-    points = []
+    points = previous_points(out_dir, preset, method, seed, settings, record)
     for epochs in epoch_counts:
+        if any(p["epochs"] == epochs for p in points):
+            log(f"{method} {epochs} epochs: measured before, kept")
+            continue
         keras.utils.set_random_seed(seed)
         train = baselines.reactnet_two_step if method == "reactnet" else baselines.naive_ste
         bnn, seconds = train(
@@ -48,11 +51,35 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
             batch_size=settings["batch"],
         )
         points.append(
-            {"epochs": epochs, "seconds": seconds, "val_accuracy": bench.accuracy(bnn, "val")}
+            {
+                "epochs": epochs,
+                "seconds": seconds,
+                "val_accuracy": bench.accuracy(bnn, "val"),
+                "command": "python benchmarks/converge.py " + " ".join(sys.argv[1:]),
+            }
         )
         log(f"{method} {epochs} epochs: val {points[-1]['val_accuracy']:.4f}, {seconds:.0f} s")
-        report = write(preset, out_dir, method, seed, record, settings, points)
-    return report
+        points.sort(key=lambda p: p["epochs"])
+        write(preset, out_dir, method, seed, record, settings, points)
+    return write(preset, out_dir, method, seed, record, settings, points)
+
+
+def previous_points(out_dir, preset, method, seed, settings, record):
+    """The points of an earlier run with the same method, seed, teacher and learning rate
+    (a run may add epoch counts to them), else none."""
+    path = os.path.join(out_dir, f"converge_{preset}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        old = json.load(f)
+    teacher = {k: v for k, v in record.items() if k != "key"}
+    same = (old["method"], old["seed"], old["learning_rate"], old["teacher"]) == (
+        method,
+        seed,
+        settings["baseline_lr"][method],
+        json.loads(json.dumps(teacher)),
+    )
+    return old["points"] if same else []
 
 
 def write(preset, out_dir, method, seed, record, settings, points):
@@ -70,6 +97,7 @@ def write(preset, out_dir, method, seed, record, settings, points):
         "points": points,
         "converged_epochs": converged(points),
     }
+    commands = list(dict.fromkeys(p.get("command", report["command"]) for p in points))
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"converge_{preset}")
     with open(base + ".json", "w") as f:
@@ -77,7 +105,8 @@ def write(preset, out_dir, method, seed, record, settings, points):
     lines = [
         f"# {method} convergence, preset `{preset}` (seed {seed})",
         "",
-        f"Command: `{report['command']}`; machine: {report['machine']['platform']}, "
+        f"Commands: {', '.join(f'`{c}`' for c in commands)}; "
+        f"machine: {report['machine']['platform']}, "
         f"{report['machine']['cpus']} CPUs; learning rate {report['learning_rate']:g}.",
         f"Teacher: test {record.get('accuracy', float('nan')):.2%}, validation "
         f"{record.get('val_accuracy', float('nan')):.2%}, {record['seconds']:.0f} s.",

@@ -123,6 +123,11 @@ VARIANTS = {
     "agg-lam30/q+long-final/lr8e-3/2x/task": _variant(
         schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=30.0
     ),
+    # The premise presets (a cached strong teacher; lowdata: 2,000 labelled images): the
+    # library defaults against its distillation options, at 0.5x of the preset's 1x.
+    "defaults/0.5x": dict(budget=0.5),
+    "defaults/0.5x/distill-all": dict(budget=0.5, distillation="all"),
+    "defaults/0.5x/distill-finetune": dict(budget=0.5, distillation="finetune"),
 }
 
 # Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).
@@ -142,14 +147,31 @@ BASELINES = {
     "reactnet_lr0.008_2x": ("reactnet", 8e-3, 2),
     "naive_ste_lr0.016_2x": ("naive_ste", 16e-3, 2),
     "naive_ste_lr0.032_2x": ("naive_ste", 32e-3, 2),
+    # The premise presets, at 0.5x (the grid around cpu's choices).
+    **{
+        f"{method}_lr{lr:g}_0.5x": (method, lr, 0.5)
+        for method, grid in (
+            ("reactnet", (2e-3, 4e-3, 8e-3)),
+            ("naive_ste_distill", (8e-3, 16e-3, 32e-3)),
+            ("naive_ste", (8e-3, 16e-3, 32e-3)),
+        )
+        for lr in grid
+    },
 }
-METHODS = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
+METHODS = {
+    "naive_ste": baselines.naive_ste,
+    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
+    "reactnet": baselines.reactnet_two_step,
+}
 
 
 def full_precision(bench, path):
-    """The seed-0 full-precision model: loaded from ``path`` when it exists, else trained
-    and saved there (so parallel rows share one teacher)."""
+    """The seed-0 full-precision model: the preset's cached teacher where it has a teacher
+    recipe (the premise presets), else loaded from ``path`` when it exists, or trained and
+    saved there (so parallel rows share one teacher)."""
     settings = bench.settings
+    if "teacher" in settings:
+        return bench.teacher(0)[0]
     keras.utils.set_random_seed(0)
     fp = bench.model()
     if os.path.exists(path):
@@ -169,8 +191,8 @@ def run_row(bench, fp, name):
         keras.utils.set_random_seed(0)
         bnn, seconds = METHODS[method](
             fp,
-            bench.train,
-            epochs=budget * settings["epochs"],
+            bench.binarization_data(0),
+            epochs=harness.budget_epochs(budget, settings["epochs"]),
             learning_rate=lr,
             batch_size=settings["batch"],
         )
@@ -211,11 +233,13 @@ def run(preset, out_dir, names=None, jobs=1, epochs=None, fp_epochs=None):
         os.remove(fp_path)  # a sweep trains its own teacher
     fp = full_precision(bench, fp_path)
     rows = {"full_precision": {"val_accuracy": bench.accuracy(fp, "val")}}
+    if "teacher" in settings:  # a cached teacher: rows of earlier runs stay comparable
+        rows = {**previous_rows(out_dir, preset, settings), **rows}
     harness.log(f"full precision: val {rows['full_precision']['val_accuracy']:.4f}")
     names = list(names or [*BASELINES, *VARIANTS])
 
     def done(name, row):
-        rows[name] = row
+        rows[name] = {**row, "command": "python benchmarks/sweep.py " + " ".join(sys.argv[1:])}
         harness.log(f"{name}: val {row['val_accuracy']:.4f} in {row['seconds']:.0f} s")
         write(preset, out_dir, rows, settings, time.perf_counter() - started, jobs)
 
@@ -225,7 +249,12 @@ def run(preset, out_dir, names=None, jobs=1, epochs=None, fp_epochs=None):
     else:
         for name, row in _parallel(preset, out_dir, names, jobs, settings["epochs"]):
             done(name, row)
-    rows = {"full_precision": rows["full_precision"], **{n: rows[n] for n in names if n in rows}}
+    ran = [n for n in names if n in rows]
+    rows = {
+        "full_precision": rows["full_precision"],
+        **{n: r for n, r in rows.items() if n != "full_precision" and n not in ran},
+        **{n: rows[n] for n in ran},
+    }
     return write(preset, out_dir, rows, settings, time.perf_counter() - started, jobs)
 
 
@@ -256,6 +285,25 @@ def _parallel(preset, out_dir, names, jobs, epochs):
                 yield name, json.load(f)
 
 
+def previous_rows(out_dir, preset, settings):
+    """The rows of an earlier sweep of ``preset`` made with the same settings (else none)."""
+    path = os.path.join(out_dir, f"sweep_{preset}.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        previous = json.load(f)
+    if previous.get("settings") != json.loads(json.dumps(settings)):
+        harness.log(f"{path} was made with other settings: starting a new sweep")
+        return {}
+    return previous["rows"]
+
+
+def _subset(settings):
+    if not settings.get("subset"):
+        return ""
+    return f"; the rows train on {settings['subset']:,} of the training images"
+
+
 def best_variant(rows):
     bitat = {k: v for k, v in rows.items() if "overrides" in v and v.get("budget", 1) == 1}
     name = max(bitat, key=lambda k: bitat[k]["val_accuracy"])
@@ -284,7 +332,9 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
         "",
         f"Command: `{report['command']}`; backend {report['backend']}; "
         f"{seconds / 60:.1f} min; 1x = {settings['epochs']} epochs; teacher "
-        f"{settings['fp_epochs']} epochs. Accuracy on the "
+        f"{(settings.get('teacher') or {}).get('epochs', settings.get('fp_epochs'))} epochs"
+        f"{' (cached, shared with the paper table)' if 'teacher' in settings else ''}"
+        f"{_subset(settings)}. Accuracy on the "
         f"validation split ({settings['val']} images held out of the training images).",
         "",
         f"| row | budget | val acc. | {timing} |",
