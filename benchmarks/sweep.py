@@ -151,7 +151,7 @@ BASELINES = {
     **{
         f"{method}_lr{lr:g}_0.5x": (method, lr, 0.5)
         for method, grid in (
-            ("reactnet", (2e-3, 4e-3, 8e-3)),
+            ("reactnet", (2e-3, 4e-3, 8e-3, 16e-3)),
             ("naive_ste_distill", (8e-3, 16e-3, 32e-3)),
             ("naive_ste", (8e-3, 16e-3, 32e-3)),
         )

@@ -59,7 +59,9 @@ class BiTATConfig:
         distillation: "none" (task loss, as in the paper; the best on our validation
             sweep, where the binary network outgrows its teacher), "finetune" (the
             fine-tune, activation and final phases match the pre-trained model's softmax,
-            ReActNet's distributional loss) or "all" (every phase).
+            ReActNet's distributional loss) or "all" (every phase; the best where the
+            pre-trained model is clearly better than what the labelled data can train,
+            e.g. 2,000 labels under a strong teacher: +1.8 points; see docs/method.md).
         activations_first_epochs: 0 (the paper: each layer's inputs and weights are
             binarized together in its step) or the epochs of a first phase that binarizes
             every layer's input activations at once with real weights (ReActNet's first
