@@ -114,24 +114,28 @@ def broadcast(array):
     return array
 
 
+_SHARE = {}  # one traced broadcast per strategy (traced again only for a new shape)
+
+
 def _tf_broadcast(strategy, array):
     import tensorflow as tf
 
-    # Replica 0 is the chief's first device: its value plus zeros from every other replica
-    # (an exact sum; the values are finite, as TrainData checks).
-    dtype = array.dtype
-    value = tf.constant(array.astype(np.float64) if dtype.kind in "iub" else array)
+    if id(strategy) not in _SHARE:
 
-    @tf.function
-    def share():
-        def contribute():
+        def contribute(value):
+            # Replica 0 is the chief's first device: its value plus zeros from every other
+            # replica (an exact sum; the values are finite, as TrainData checks).
             ctx = tf.distribute.get_replica_context()
             mine = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), value.dtype)
             return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value * mine)
 
-        return strategy.run(contribute)
-
-    shared = strategy.experimental_local_results(share())[0]
+        _SHARE.clear()  # a strategy of an earlier run is not used again
+        _SHARE[id(strategy)] = tf.function(
+            lambda value: strategy.run(contribute, args=(value,)), reduce_retracing=True
+        )
+    dtype = array.dtype
+    value = tf.constant(array.astype(np.float64) if dtype.kind in "iub" else array)
+    shared = strategy.experimental_local_results(_SHARE[id(strategy)](value))[0]
     return np.asarray(shared).astype(dtype)
 
 
