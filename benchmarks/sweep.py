@@ -152,7 +152,7 @@ BASELINES = {
         f"{method}_lr{lr:g}_0.5x": (method, lr, 0.5)
         for method, grid in (
             ("reactnet", (2e-3, 4e-3, 8e-3, 16e-3)),
-            ("naive_ste_distill", (8e-3, 16e-3, 32e-3)),
+            ("naive_ste_distill", (4e-3, 8e-3, 16e-3, 32e-3)),
             ("naive_ste", (8e-3, 16e-3, 32e-3)),
         )
         for lr in grid
@@ -292,7 +292,10 @@ def previous_rows(out_dir, preset, settings):
         return {}
     with open(path) as f:
         previous = json.load(f)
-    if previous.get("settings") != json.loads(json.dumps(settings)):
+    keep = ("baseline_lr", "budgets")  # every row records its own learning rate and budget
+    same = {k: v for k, v in settings.items() if k not in keep}
+    old = {k: v for k, v in previous.get("settings", {}).items() if k not in keep}
+    if old != json.loads(json.dumps(same)):
         harness.log(f"{path} was made with other settings: starting a new sweep")
         return {}
     return previous["rows"]
