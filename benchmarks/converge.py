@@ -7,6 +7,9 @@ whose doubling gains less than 0.3 points on the validation split. Writes
 ``results/converge_<preset>.json`` and ``.md``.
 
     python benchmarks/converge.py --preset lowdata --epochs 40,80,160,320
+    python benchmarks/converge.py --preset lowdata --epochs 640 --learning-rate 4e-3
+
+Points at each learning rate are kept (a run adds epoch counts to those of its rate).
 """
 
 import argparse
@@ -32,11 +35,13 @@ def converged(points):
     return None
 
 
-def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
+def run(preset, out_dir, epoch_counts, seed=0, method="reactnet", learning_rate=None):
     settings = PRESETS[preset]
+    if learning_rate is not None:  # another than the preset's (the report keeps each one's)
+        settings = {**settings, "baseline_lr": {**settings["baseline_lr"], method: learning_rate}}
     bench = Bench(preset, settings, out_dir)
     fp, record = bench.teacher(seed)
-    points = previous_points(out_dir, preset, method, seed, settings, record)
+    points, earlier = previous_points(out_dir, preset, method, seed, settings, record)
     for epochs in epoch_counts:
         if any(p["epochs"] == epochs for p in points):
             log(f"{method} {epochs} epochs: measured before, kept")
@@ -60,31 +65,47 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet"):
         )
         log(f"{method} {epochs} epochs: val {points[-1]['val_accuracy']:.4f}, {seconds:.0f} s")
         points.sort(key=lambda p: p["epochs"])
-        write(preset, out_dir, method, seed, record, settings, points)
-    return write(preset, out_dir, method, seed, record, settings, points)
+        write(preset, out_dir, method, seed, record, settings, points, earlier)
+    return write(preset, out_dir, method, seed, record, settings, points, earlier)
 
 
 def previous_points(out_dir, preset, method, seed, settings, record):
-    """The points of an earlier run with the same method, seed, teacher and learning rate
-    (a run may add epoch counts to them), else none."""
+    """``(points, earlier)``: the points of an earlier run with the same method, seed,
+    teacher and learning rate (a run may add epoch counts to them), else none; and the
+    points measured with the same method, seed and teacher at other learning rates
+    (``[{"learning_rate", "points"}]``, kept in the report)."""
     path = os.path.join(out_dir, f"converge_{preset}.json")
     if not os.path.exists(path):
-        return []
+        return [], []
     with open(path) as f:
         old = json.load(f)
     teacher = {k: v for k, v in record.items() if k != "key"}
-    same = (old["method"], old["seed"], old["learning_rate"], old["teacher"]) == (
+    lr = settings["baseline_lr"][method]
+    if (old["method"], old["seed"], old["teacher"]) != (
         method,
         seed,
-        settings["baseline_lr"][method],
         json.loads(json.dumps(teacher)),
-    )
-    return old["points"] if same else []
+    ):
+        return [], []
+    runs = [
+        *old.get("earlier", []),
+        {"learning_rate": old["learning_rate"], "points": old["points"]},
+    ]
+    same = [p for run in runs if run["learning_rate"] == lr for p in run["points"]]
+    return same, [run for run in runs if run["learning_rate"] != lr]
 
 
-def write(preset, out_dir, method, seed, record, settings, points):
+def _table(points):
+    return [
+        "| epochs | validation acc. | wall s |",
+        "|---|---|---|",
+        *(f"| {p['epochs']} | {p['val_accuracy']:.2%} | {p['seconds']:.0f} |" for p in points),
+    ]
+
+
+def write(preset, out_dir, method, seed, record, settings, points, earlier=()):
     """Write the report of the points so far (after each one: an interrupted run keeps
-    them)."""
+    them), with the ``earlier`` learning rates' points below."""
     report = {
         "preset": preset,
         "method": method,
@@ -96,8 +117,10 @@ def write(preset, out_dir, method, seed, record, settings, points):
         "learning_rate": settings["baseline_lr"][method],
         "points": points,
         "converged_epochs": converged(points),
+        "earlier": list(earlier),
     }
-    commands = list(dict.fromkeys(p.get("command", report["command"]) for p in points))
+    every = [p for run in [report, *earlier] for p in run["points"]]
+    commands = list(dict.fromkeys(p.get("command", report["command"]) for p in every))
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"converge_{preset}")
     with open(base + ".json", "w") as f:
@@ -111,14 +134,13 @@ def write(preset, out_dir, method, seed, record, settings, points):
         f"Teacher: test {record.get('accuracy', float('nan')):.2%}, validation "
         f"{record.get('val_accuracy', float('nan')):.2%}, {record['seconds']:.0f} s.",
         "",
-        "| epochs | validation acc. | wall s |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {p['epochs']} | {p['val_accuracy']:.2%} | {p['seconds']:.0f} |" for p in points]
-    lines += [
+        *_table(points),
         "",
         f"Converged (doubling gains < {100 * GAIN:g} points): {report['converged_epochs']} epochs.",
     ]
+    for run in earlier:
+        lines += ["", f"At learning rate {run['learning_rate']:g}:", "", *_table(run["points"])]
+        lines += ["", f"Converged: {converged(run['points'])} epochs."]
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return report
@@ -131,9 +153,12 @@ def main(argv=None):
     parser.add_argument("--epochs", default="40,80,160,320", help="comma list")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("reactnet", "naive_ste"), default="reactnet")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="default: the preset's baseline_lr"
+    )
     args = parser.parse_args(argv)
     epochs = [int(e) for e in args.epochs.split(",")]
-    report = run(args.preset, args.out, epochs, args.seed, args.method)
+    report = run(args.preset, args.out, epochs, args.seed, args.method, args.learning_rate)
     print(json.dumps({k: report[k] for k in ("points", "converged_epochs")}, indent=1))
     return 0
 

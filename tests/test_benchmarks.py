@@ -300,3 +300,35 @@ def test_memory_script_records_rss_of_every_phase(tmp_path):
     text = (tmp_path / "memory_mini.md").read_text()
     assert text.count("| quantize |") == 8 and "| final |" in text and "Growth from" in text
     assert (tmp_path / "memory_mini.png").stat().st_size > 1000
+
+
+def test_converge_keeps_other_learning_rates_points(tmp_path):
+    """A run at a new learning rate starts its own points and keeps the old ones below them;
+    returning to a learning rate resumes its points."""
+    import converge
+    import harness
+
+    settings = harness.PRESETS["lowdata_mini"]
+    record = {"accuracy": 0.9, "val_accuracy": 0.91, "seconds": 5.0}
+    at = {lr: dict(settings, baseline_lr={"reactnet": lr}) for lr in (1e-3, 2e-3)}
+    first = [{"epochs": 4, "seconds": 1.0, "val_accuracy": 0.5, "command": "a"}]
+    converge.write("lowdata_mini", str(tmp_path), "reactnet", 0, record, at[1e-3], first)
+
+    points, earlier = converge.previous_points(
+        str(tmp_path), "lowdata_mini", "reactnet", 0, at[2e-3], record
+    )
+    assert points == [] and earlier == [{"learning_rate": 1e-3, "points": first}]
+    second = [{"epochs": 8, "seconds": 2.0, "val_accuracy": 0.6, "command": "b"}]
+    converge.write("lowdata_mini", str(tmp_path), "reactnet", 0, record, at[2e-3], second, earlier)
+    text = (tmp_path / "converge_lowdata_mini.md").read_text()
+    assert "learning rate 0.002" in text and "At learning rate 0.001:" in text
+    assert "| 8 | 60.00% | 2 |" in text and "| 4 | 50.00% | 1 |" in text
+
+    points, earlier = converge.previous_points(
+        str(tmp_path), "lowdata_mini", "reactnet", 0, at[1e-3], record
+    )
+    assert points == first and earlier == [{"learning_rate": 2e-3, "points": second}]
+    other_teacher = dict(record, seconds=6.0)
+    assert converge.previous_points(
+        str(tmp_path), "lowdata_mini", "reactnet", 0, at[1e-3], other_teacher
+    ) == ([], [])
