@@ -214,7 +214,12 @@ def run_row(bench, fp, name):
             learning_rate=lr,
             batch_size=settings["batch"],
         )
-        return {"val_accuracy": bench.accuracy(bnn, "val"), "seconds": seconds, "budget": budget}
+        return {
+            "val_accuracy": bench.accuracy(bnn, "val"),
+            "seconds": seconds,
+            "budget": budget,
+            "epochs": harness.budget_epochs(budget, settings["epochs"]),
+        }
     overrides = dict(VARIANTS[name])
     budget = overrides.pop("budget", 1)
     result = bench.bitat(fp, 0, budget, validate=True, **overrides)
@@ -222,6 +227,7 @@ def run_row(bench, fp, name):
         "val_accuracy": bench.accuracy(result.model, "val"),
         "seconds": result.seconds,
         "budget": budget,
+        "epochs": budget * settings["epochs"],
         "overrides": overrides,
         "trace": [
             {k: h.get(k) for k in ("layer", "phase", "steps", "val_accuracy", "gradient_ratio")}
@@ -304,19 +310,28 @@ def _parallel(preset, out_dir, names, jobs, epochs):
 
 
 def previous_rows(out_dir, preset, settings):
-    """The rows of an earlier sweep of ``preset`` made with the same settings (else none)."""
+    """The rows of an earlier sweep of ``preset`` made with the same settings (else none).
+    Every row records its learning rate and its epochs, so a change of the preset's
+    ``baseline_lr``, ``budgets`` or 1x ``epochs`` keeps the earlier rows (each row's
+    ``budget`` stays the multiple of the 1x of its own run)."""
     path = os.path.join(out_dir, f"sweep_{preset}.json")
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         previous = json.load(f)
-    keep = ("baseline_lr", "budgets")  # every row records its own learning rate and budget
+    keep = ("baseline_lr", "budgets", "epochs")
     same = {k: v for k, v in settings.items() if k not in keep}
     old = {k: v for k, v in previous.get("settings", {}).items() if k not in keep}
     if old != json.loads(json.dumps(same)):
         harness.log(f"{path} was made with other settings: starting a new sweep")
         return {}
-    return previous["rows"]
+    epochs = previous["settings"]["epochs"]  # rows written before they recorded their epochs
+    return {
+        name: {**row, "epochs": row["budget"] * epochs}
+        if "budget" in row and "epochs" not in row
+        else row
+        for name, row in previous["rows"].items()
+    }
 
 
 def _subset(settings):
@@ -358,13 +373,14 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
         f"{_subset(settings)}. Accuracy on the "
         f"validation split ({settings['val']} images held out of the training images).",
         "",
-        f"| row | budget | val acc. | {timing} |",
-        "|---|---|---|---|",
+        f"| row | budget | epochs | val acc. | {timing} |",
+        "|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         secs = f"{row['seconds']:.0f}" if "seconds" in row else "-"
         budget = f"{row['budget']}x" if "budget" in row else "-"
-        lines.append(f"| {name} | {budget} | {row['val_accuracy']:.2%} | {secs} |")
+        epochs = f"{row['epochs']:g}" if "epochs" in row else "-"
+        lines.append(f"| {name} | {budget} | {epochs} | {row['val_accuracy']:.2%} | {secs} |")
     if "best" in report:
         lines += ["", f"Best BiTAT variant at 1x: `{report['best'][0]}`: {report['best'][1]}"]
     with open(base + ".md", "w") as f:

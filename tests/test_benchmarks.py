@@ -332,3 +332,19 @@ def test_converge_keeps_other_learning_rates_points(tmp_path):
     assert converge.previous_points(
         str(tmp_path), "lowdata_mini", "reactnet", 0, at[1e-3], other_teacher
     ) == ([], [])
+
+
+def test_sweep_on_a_premise_preset_merges_runs_with_their_epochs(tmp_path):
+    """On a preset with a cached teacher a later sweep keeps the earlier rows, even at
+    another 1x, since every row records the epochs it trained."""
+    import sweep
+
+    first = sweep.run("lowdata_mini", str(tmp_path), ["naive_ste_lr0.002"])
+    assert first["rows"]["naive_ste_lr0.002"]["epochs"] == 4
+    second = sweep.run("lowdata_mini", str(tmp_path), ["reactnet_lr0.002"], epochs=6)
+    rows = second["rows"]
+    assert list(rows) == ["full_precision", "naive_ste_lr0.002", "reactnet_lr0.002"]
+    assert rows["naive_ste_lr0.002"] == first["rows"]["naive_ste_lr0.002"]
+    assert rows["reactnet_lr0.002"]["epochs"] == 6
+    text = (tmp_path / "sweep_lowdata_mini.md").read_text()
+    assert "| naive_ste_lr0.002 | 1x | 4 |" in text and "| reactnet_lr0.002 | 1x | 6 |" in text
