@@ -175,6 +175,9 @@ BASELINES = {
         )
         for lr in grid
     },
+    # lowdata at 320 epochs: does naive STE distilled gain from the doubling, as ReActNet
+    # does and BiTAT does not?
+    "naive_ste_distill_lr0.004": ("naive_ste_distill", 4e-3, 1),
 }
 METHODS = {
     "naive_ste": baselines.naive_ste,
