@@ -146,6 +146,14 @@ def budget_epochs(budget, epochs):
     return max(2, int(round(budget * epochs)))
 
 
+def same_settings(settings, report, ignore):
+    """Whether ``report`` (a loaded JSON report) was made with ``settings``, leaving out the
+    keys in ``ignore`` (settings that each row records itself)."""
+    mine = {k: v for k, v in settings.items() if k not in ignore}
+    theirs = {k: v for k, v in report.get("settings", {}).items() if k not in ignore}
+    return json.loads(json.dumps(mine)) == theirs
+
+
 def balanced_subset(y, size, seed):
     """Indices of ``size`` samples, class-balanced (counts differ by at most one), seeded."""
     rng = np.random.default_rng([seed, size])

@@ -32,6 +32,7 @@ from harness import (
     deployment,
     deployment_markdown,
     log,
+    same_settings,
 )
 
 import bitat_keras as bk
@@ -425,10 +426,7 @@ def run(
             previous = json.load(f)
         # Settings that each row records itself (its learning rate, its BiTAT config) may
         # differ between the rows of one report.
-        keep = ("budgets", "bitat_overrides", "baseline_lr")
-        same = {k: v for k, v in settings.items() if k not in keep}
-        old = {k: v for k, v in previous.get("settings", {}).items() if k not in keep}
-        if json.loads(json.dumps(same)) != old:
+        if not same_settings(settings, previous, ("budgets", "bitat_overrides", "baseline_lr")):
             log(f"{path} was made with other preset settings: starting a new report")
             previous = None
     start = time.perf_counter()

@@ -322,10 +322,7 @@ def previous_rows(out_dir, preset, settings):
         return {}
     with open(path) as f:
         previous = json.load(f)
-    keep = ("baseline_lr", "budgets", "epochs")
-    same = {k: v for k, v in settings.items() if k not in keep}
-    old = {k: v for k, v in previous.get("settings", {}).items() if k not in keep}
-    if old != json.loads(json.dumps(same)):
+    if not harness.same_settings(settings, previous, ("baseline_lr", "budgets", "epochs")):
         harness.log(f"{path} was made with other settings: starting a new sweep")
         return {}
     epochs = previous["settings"]["epochs"]  # rows written before they recorded their epochs
