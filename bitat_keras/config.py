@@ -75,6 +75,8 @@ class BiTATConfig:
         final_epochs: epochs of a joint phase after the last layer (0: the paper, which
             ends with the last layer's quantization): every weight trains again, the binary
             layers' latent weights included, with the fine-tune loss and learning rate.
+            With few labels and a strong pre-trained model, a larger share of the epochs
+            here measured better (docs/method.md, "Which settings to choose").
         seed: seeds data order, k-means and initialisations; a run is reproducible.
 
     Example:
