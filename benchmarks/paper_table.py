@@ -49,7 +49,8 @@ BASELINES = {
 
 def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
     """Every row of one seed (``groups``: which rows beyond the main ones; ``overrides``:
-    BiTATConfig fields for the main BiTAT rows instead of the library defaults; ``only``:
+    BiTATConfig fields for the BiTAT rows (all but the paper's) instead of the library
+    defaults; the ablations change only the transform; ``only``:
     which main rows run, the full-precision model always trains since every row starts
     from it)."""
     settings = bench.settings
@@ -114,12 +115,14 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
     if "extra" in groups:
         bench.bitat_row("bitat_paper", fp, seed, 1, paper=True)
         for transform in ABLATIONS:
-            bench.bitat_row(f"bitat_{transform}", fp, seed, 1, transform=transform)
+            bench.bitat_row(
+                f"bitat_{transform}", fp, seed, 1, **{**overrides, "transform": transform}
+            )
     if "ablation" in groups:  # the transform ablation of the premise presets (every seed)
-        bench.bitat_row("bitat_none", fp, seed, 1, transform="none")
+        bench.bitat_row("bitat_none", fp, seed, 1, **{**overrides, "transform": "none"})
     if "more_data" in groups and settings.get("subset_extra"):
         size = settings["subset_extra"]
-        bench.bitat_row(f"bitat_{size}_images", fp, seed, 1, size=size)
+        bench.bitat_row(f"bitat_{size}_images", fp, seed, 1, size=size, **overrides)
 
 
 def slim_history(history):
@@ -408,9 +411,10 @@ def run(
     report of the preset. ``groups``: the rows beyond the main ones that seed 0 (or the
     preset's ``extra_seeds`` first seeds) also runs; ``only``: which main rows run (a rerun
     of some rows replaces those rows' seeds and keeps the others). ``changes``: ``budgets``
-    or ``overrides`` (BiTATConfig fields of the main BiTAT rows), recorded in the report."""
+    or ``overrides`` (BiTATConfig fields of the BiTAT rows; default: the preset's
+    ``bitat_overrides``, if any), recorded in the report."""
     settings = dict(PRESETS[preset])
-    overrides = changes.pop("overrides", None) or {}
+    overrides = changes.pop("overrides", None) or settings.get("bitat_overrides", {})
     settings.update({k: v for k, v in changes.items() if v is not None})
     settings["bitat_overrides"] = overrides
     bench = Bench(preset, settings, out_dir)
@@ -472,7 +476,9 @@ def main(argv=None):
         "their merged results",
     )
     parser.add_argument(
-        "--bitat", default=None, help="JSON of BiTATConfig fields for the main BiTAT rows"
+        "--bitat",
+        default=None,
+        help="JSON of BiTATConfig fields for the BiTAT rows (default: the preset's)",
     )
     parser.add_argument(
         "--annotate", default=None, help="only add this note to the existing report"

@@ -225,6 +225,16 @@ def test_premise_presets_mini(tmp_path):
     assert rows["reactnet"]["steps"] == 12 and rows["naive_ste_distill_0.5x"]["steps"] == 6
     assert rows["bitat_160_images"]["steps"] > rows["bitat_aggregated"]["steps"]
     assert rows["bitat_none"]["v_parameters"]["used"] == 0
+    # The preset's BiTAT settings reach the main row and both of its variants.
+    for row in ("bitat_aggregated", "bitat_none", "bitat_160_images"):
+        config = rows[row]["per_seed"]["0"]["config"]
+        assert (
+            config["distillation"] == "all" and config["final_epochs"] > config["epochs_per_layer"]
+        )
+    assert rows["bitat_none"]["per_seed"]["0"]["config"]["transform"] == "none"
+    assert (
+        report["settings"]["bitat_overrides"] == harness.PRESETS["lowdata_mini"]["bitat_overrides"]
+    )
     teacher = json.loads((tmp_path / "teachers" / "lowdata_mini_seed0.json").read_text())
     fp = rows["full_precision"]["per_seed"]["0"]
     assert fp["recipe"] == harness.PRESETS["lowdata_mini"]["teacher"]
