@@ -200,10 +200,12 @@ def scaled_schedule(config, total_epochs, layers):
 
 
 class Bench:
-    """Data, network and rows of one preset."""
+    """Data, network and rows of one preset (``teachers``: the folder of the cached
+    teachers, default ``<out_dir>/teachers``)."""
 
-    def __init__(self, preset, settings, out_dir):
+    def __init__(self, preset, settings, out_dir, teachers=None):
         self.name, self.settings, self.out_dir = preset, settings, out_dir
+        self.teachers = teachers or os.path.join(out_dir, "teachers")
         limit = None if settings["train"] is None else settings["train"]
         x, y = datasets.load(settings["dataset"], "train", limit=limit, seed=0)
         self.val = (x[-settings["val"] :], y[-settings["val"] :])
@@ -245,7 +247,7 @@ class Bench:
 
     def teacher(self, seed):
         """The full-precision model of ``seed``: the preset's teacher recipe, trained once
-        and cached in ``<out_dir>/teachers/`` (with its recipe and accuracies beside it),
+        and cached in the ``teachers`` folder (with its recipe and accuracies beside it),
         or the plain recipe (Adam, linear decay, ``fp_epochs``) for presets without one.
         Returns ``(model, record)``; ``record`` has the seconds it took to train."""
         settings = self.settings
@@ -258,7 +260,7 @@ class Bench:
                 model, self.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
             )
             return model, {"seconds": time.perf_counter() - start, "epochs": settings["fp_epochs"]}
-        folder = os.path.join(self.out_dir, "teachers")
+        folder = self.teachers
         base = os.path.join(folder, f"{self.name}_seed{seed}")
         key = {"recipe": recipe, "augment": settings.get("augment"), "train": len(self.train[0])}
         if os.path.exists(base + ".json") and os.path.exists(base + ".keras"):

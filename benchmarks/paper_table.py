@@ -133,36 +133,12 @@ def slim_history(history):
 def summarize(bench, previous=None):
     """The report: per-row means over every seed run so far (``previous`` holds the rows
     and curves of seeds run in earlier invocations)."""
-    per_row = {}
-    curves = {k: [list(p) for p in v] for k, v in bench.curves.items()}
-    seconds = 0.0
-    if previous:
-        for name, row in previous["rows"].items():
-            per_row[name] = {int(k): v for k, v in row["per_seed"].items()}
-        for name, points in previous["curves"].items():
-            curves.setdefault(name, [])
-            new = {(b, s) for b, s, _, _ in curves[name]}
-            curves[name] = [p for p in points if (p[0], p[1]) not in new] + curves[name]
-        seconds = previous.get("total_seconds", 0.0)
+    per_row = seeds_by_row(previous) if previous else {}
     for name, seeds in bench.rows.items():
         per_row.setdefault(name, {}).update(seeds)
-    rows = {}
-    for name, per_seed in per_row.items():
-        accs = [v["accuracy"] for v in per_seed.values()]
-        first = next(iter(per_seed.values()))
-        rows[name] = {
-            "accuracy_mean": float(np.mean(accs)),
-            "accuracy_min": float(np.min(accs)),
-            "accuracy_max": float(np.max(accs)),
-            "val_accuracy_mean": _mean(per_seed, "val_accuracy"),
-            "seeds": len(accs),
-            "seconds_mean": float(np.mean([v["seconds"] for v in per_seed.values()])),
-            "steps": first.get("steps"),
-            "v_parameters": first.get("v_parameters"),
-            "q_orig_mean": _mean(per_seed, "q_orig"),
-            "q_ours_mean": _mean(per_seed, "q_ours"),
-            "per_seed": {str(k): v for k, v in sorted(per_seed.items())},
-        }
+    curves = merge_curves(previous["curves"] if previous else {}, bench.curves)
+    seconds = previous.get("total_seconds", 0.0) if previous else 0.0
+    rows = row_means(per_row)
     settings = bench.settings
     report = {
         "preset": bench.name,
@@ -188,6 +164,102 @@ def summarize(bench, previous=None):
     }
     report["goals"] = goals(rows, settings)
     return report
+
+
+def seeds_by_row(report):
+    """``{row: {seed: values}}`` of a loaded report."""
+    rows = report["rows"].items()
+    return {name: {int(k): v for k, v in row["per_seed"].items()} for name, row in rows}
+
+
+def merge_curves(old, new):
+    """``old``'s curve points, less those of a (budget, seed) that ``new`` has, then ``new``'s."""
+    curves = {name: [list(p) for p in points] for name, points in old.items()}
+    for name, points in new.items():
+        replaced = {(p[0], p[1]) for p in points}
+        kept = [p for p in curves.get(name, []) if (p[0], p[1]) not in replaced]
+        curves[name] = kept + [list(p) for p in points]
+    return curves
+
+
+def row_means(per_row):
+    """Each row's summary (means, range, seeds) from ``{row: {seed: values}}``."""
+    rows = {}
+    for name, per_seed in per_row.items():
+        accs = [v["accuracy"] for v in per_seed.values()]
+        first = next(iter(per_seed.values()))
+        rows[name] = {
+            "accuracy_mean": float(np.mean(accs)),
+            "accuracy_min": float(np.min(accs)),
+            "accuracy_max": float(np.max(accs)),
+            "val_accuracy_mean": _mean(per_seed, "val_accuracy"),
+            "seeds": len(accs),
+            "seconds_mean": float(np.mean([v["seconds"] for v in per_seed.values()])),
+            "steps": first.get("steps"),
+            "v_parameters": first.get("v_parameters"),
+            "q_orig_mean": _mean(per_seed, "q_orig"),
+            "q_ours_mean": _mean(per_seed, "q_ours"),
+            "per_seed": {str(k): v for k, v in sorted(per_seed.items())},
+        }
+    return rows
+
+
+# Settings that each row records itself (its learning rate, its BiTAT config) may differ
+# between the rows of one report.
+ROW_SETTINGS = ("budgets", "bitat_overrides", "baseline_lr")
+
+
+def merge(preset, out_dir, sources):
+    """Merge the reports of ``preset`` in the ``sources`` folders (runs side by side, each
+    with its own ``--out``, e.g. one seed per process) into ``out_dir``'s report (made if
+    missing): a row's seed from a source replaces the same row and seed, the seconds add up
+    (merge each folder once), and a note names each source's command and machine. Raises
+    ``ValueError`` for a report made with other preset settings or on another backend."""
+    path = os.path.join(out_dir, f"{preset}.json")
+    report = _load(path) if os.path.exists(path) else None
+    for source in sources:
+        other = _load(os.path.join(source, f"{preset}.json"))
+        seeds = sorted({int(s) for row in other["rows"].values() for s in row["per_seed"]})
+        note = (
+            f"seeds {seeds} merged from `{other['command']}` "
+            f"({other['backend']}, {other['machine']['platform']})"
+        )
+        if report is None:
+            report = {**other, "notes": other.get("notes", []) + [note]}
+            continue
+        if not same_settings(other["settings"], report, ROW_SETTINGS):
+            raise ValueError(
+                f"{source}: its {preset} report was made with other preset settings than "
+                f"{path}'s; expected the same settings (budgets, learning rates and BiTAT "
+                "overrides may differ)"
+            )
+        if other["backend"] != report["backend"]:
+            raise ValueError(
+                f"{source}: its {preset} report ran on {other['backend']}, {path}'s on "
+                f"{report['backend']}; expected one backend (their wall times differ)"
+            )
+        per_row = seeds_by_row(report)
+        for name, per_seed in seeds_by_row(other).items():
+            per_row.setdefault(name, {}).update(per_seed)
+        notes = report.get("notes", [])
+        report = {
+            **report,
+            "rows": row_means(per_row),
+            "curves": merge_curves(report["curves"], other["curves"]),
+            "deployment": report.get("deployment") or other.get("deployment"),
+            "total_seconds": report["total_seconds"] + other["total_seconds"],
+            "notes": notes + [n for n in other.get("notes", []) if n not in notes] + [note],
+        }
+    if report is None:
+        raise ValueError(f"nothing to merge: expected one or more folders, received {sources}")
+    report["goals"] = goals(report["rows"], report["settings"])
+    write(report, out_dir, preset)
+    return report
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 def annotate(preset, out_dir, text):
@@ -405,10 +477,12 @@ def run(
     seeds=None,
     groups=("budget4", "extra", "deploy"),
     only=MAIN_ROWS,
+    teachers=None,
     **changes,
 ):
     """Run ``seeds`` (default: all of the preset's) and merge them into ``out_dir``'s
-    report of the preset. ``groups``: the rows beyond the main ones that seed 0 (or the
+    report of the preset (``teachers``: the cached teachers' folder, default
+    ``<out_dir>/teachers``). ``groups``: the rows beyond the main ones that seed 0 (or the
     preset's ``extra_seeds`` first seeds) also runs; ``only``: which main rows run (a rerun
     of some rows replaces those rows' seeds and keeps the others). ``changes``: ``budgets``
     or ``overrides`` (BiTATConfig fields of the BiTAT rows; default: the preset's
@@ -417,7 +491,7 @@ def run(
     overrides = changes.pop("overrides", None) or settings.get("bitat_overrides", {})
     settings.update({k: v for k, v in changes.items() if v is not None})
     settings["bitat_overrides"] = overrides
-    bench = Bench(preset, settings, out_dir)
+    bench = Bench(preset, settings, out_dir, teachers)
     seeds = list(range(settings["seeds"])) if seeds is None else list(seeds)
     log(
         f"preset {preset}: {len(bench.train[0])} train / {len(bench.val[0])} val / "
@@ -428,9 +502,7 @@ def run(
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        # Settings that each row records itself (its learning rate, its BiTAT config) may
-        # differ between the rows of one report.
-        if not same_settings(settings, previous, ("budgets", "bitat_overrides", "baseline_lr")):
+        if not same_settings(settings, previous, ROW_SETTINGS):
             log(f"{path} was made with other preset settings: starting a new report")
             previous = None
     start = time.perf_counter()
@@ -481,11 +553,30 @@ def main(argv=None):
         help="JSON of BiTATConfig fields for the BiTAT rows (default: the preset's)",
     )
     parser.add_argument(
+        "--teachers",
+        default=None,
+        help="folder of the cached teachers (default: <out>/teachers); lets runs with their "
+        "own --out share the teachers",
+    )
+    parser.add_argument(
         "--annotate", default=None, help="only add this note to the existing report"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="only merge the preset's reports in these folders (runs with their own --out) "
+        "into the report in --out",
     )
     args = parser.parse_args(argv)
     if args.annotate:
         annotate(args.preset, args.out, args.annotate)
+        return 0
+    if args.merge:
+        try:
+            print(markdown(merge(args.preset, args.out, args.merge)))
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
         return 0
     groups = tuple(g for g in args.groups.split(",") if g)
     budgets = tuple(_number(b) for b in args.budgets.split(",")) if args.budgets else None
@@ -495,7 +586,14 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown --rows {unknown}; expected names from {list(MAIN_ROWS)}")
     report = run(
-        args.preset, args.out, args.seed, groups, only, budgets=budgets, overrides=overrides
+        args.preset,
+        args.out,
+        args.seed,
+        groups,
+        only,
+        teachers=args.teachers,
+        budgets=budgets,
+        overrides=overrides,
     )
     print(markdown(report))
     return 0

@@ -246,6 +246,31 @@ def test_premise_presets_mini(tmp_path):
     # A second seed reuses nothing of seed 0's teacher; seed 0 again reuses its cache.
     again = paper_table.run("lowdata_mini", str(tmp_path), seeds=[0], groups=(), only=())
     assert again["rows"]["full_precision"]["per_seed"]["0"]["seconds"] == teacher["seconds"]
+    # A seed run on its own (--out) with the shared teachers (--teachers), then merged in.
+    side = tmp_path / "seed1"
+    one = paper_table.run(
+        "lowdata_mini", str(side), seeds=[1], groups=(), only=("reactnet",), budgets=(1,),
+        teachers=str(tmp_path / "teachers"),
+    )  # fmt: skip
+    assert (tmp_path / "teachers" / "lowdata_mini_seed1.keras").is_file()
+    assert not (side / "teachers").exists()
+    merged = paper_table.merge("lowdata_mini", str(tmp_path), [str(side)])
+    per_seed = merged["rows"]["reactnet"]["per_seed"]
+    assert per_seed["1"] == one["rows"]["reactnet"]["per_seed"]["1"]
+    assert per_seed["0"] == again["rows"]["reactnet"]["per_seed"]["0"]
+    mean = np.mean([per_seed[s]["accuracy"] for s in ("0", "1")])
+    assert merged["rows"]["reactnet"]["accuracy_mean"] == pytest.approx(mean)
+    assert merged["rows"]["bitat_none"]["seeds"] == 1
+    assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
+    assert merged["total_seconds"] == again["total_seconds"] + one["total_seconds"]
+    assert "seeds [1] merged from" in (tmp_path / "lowdata_mini.md").read_text()
+    assert json.loads((tmp_path / "lowdata_mini.json").read_text())["rows"] == merged["rows"]
+    # A report made with other preset settings is refused, naming both.
+    other = json.loads((side / "lowdata_mini.json").read_text())
+    other["settings"]["batch"] = 16
+    (side / "lowdata_mini.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other preset settings"):
+        paper_table.merge("lowdata_mini", str(tmp_path), [str(side)])
 
     strong = paper_table.run(
         "cpu_strong_mini", str(tmp_path), groups=(), only=("reactnet",), budgets=(1,)
