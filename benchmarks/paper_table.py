@@ -427,7 +427,12 @@ def plot(report, path):
         "naive_ste": ("naive STE", "^"),
         "naive_ste_distill": ("naive STE, teacher's distribution", "v"),
         "reactnet": ("ReActNet two-step", "o"),
-        "bitat": ("BiTAT (defaults)", "s"),
+        "bitat": (
+            "BiTAT (the preset's settings)"
+            if report["settings"].get("bitat_overrides")
+            else "BiTAT (defaults)",
+            "s",
+        ),
         "bitat_teacher": ("BiTAT, teacher's distribution (earlier defaults)", "x"),
     }
     for name, (label, marker) in labels.items():

@@ -338,7 +338,10 @@ def previous_rows(out_dir, preset, settings):
         return {}
     with open(path) as f:
         previous = json.load(f)
-    if not harness.same_settings(settings, previous, ("baseline_lr", "budgets", "epochs")):
+    # Each row records its own learning rate, budget, epochs and BiTAT settings (the
+    # preset's bitat_overrides are for paper_table.py's rows, not the sweep's).
+    ignore = ("baseline_lr", "budgets", "epochs", "bitat_overrides")
+    if not harness.same_settings(settings, previous, ignore):
         harness.log(f"{path} was made with other settings: starting a new sweep")
         return {}
     epochs = previous["settings"]["epochs"]  # rows written before they recorded their epochs

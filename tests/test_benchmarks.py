@@ -383,3 +383,14 @@ def test_sweep_on_a_premise_preset_merges_runs_with_their_epochs(tmp_path):
     assert rows["reactnet_lr0.002"]["epochs"] == 6
     text = (tmp_path / "sweep_lowdata_mini.md").read_text()
     assert "| naive_ste_lr0.002 | 1x | 4 |" in text and "| reactnet_lr0.002 | 1x | 6 |" in text
+    # The preset's BiTAT settings belong to paper_table.py's rows: a sweep made before they
+    # changed is kept; a change of the data or network starts a new sweep.
+    path = tmp_path / "sweep_lowdata_mini.json"
+    saved = json.loads(path.read_text())
+    saved["settings"]["bitat_overrides"] = {"final_epochs": 99}
+    path.write_text(json.dumps(saved))
+    settings = sweep.settings_of("lowdata_mini")
+    assert set(sweep.previous_rows(str(tmp_path), "lowdata_mini", settings)) == set(rows)
+    saved["settings"]["batch"] = 8
+    path.write_text(json.dumps(saved))
+    assert sweep.previous_rows(str(tmp_path), "lowdata_mini", settings) == {}
