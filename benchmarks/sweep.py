@@ -187,7 +187,7 @@ BASELINES = {
         for method, grid in (
             ("reactnet", (2e-3, 4e-3, 8e-3, 16e-3)),
             ("naive_ste_distill", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
-            ("naive_ste", (4e-3, 8e-3, 16e-3, 32e-3)),
+            ("naive_ste", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
         )
         for lr in grid
     },
