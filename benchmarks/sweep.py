@@ -325,7 +325,10 @@ def _parallel(preset, out_dir, names, jobs, epochs):
                 harness.log(f"{name} failed (exit {proc.returncode}); see {part}.log")
                 continue
             with open(part) as f:
-                yield name, json.load(f)
+                row = json.load(f)
+            for path in (part, part + ".log"):  # kept only when the child failed
+                os.remove(path)
+            yield name, row
 
 
 def previous_rows(out_dir, preset, settings):

@@ -161,6 +161,7 @@ def test_parallel_sweep_merges_child_rows_on_one_teacher(tmp_path):
     report = sweep.run("mini", str(tmp_path / "par"), names, jobs=2)
     assert list(report["rows"]) == ["full_precision", *names]
     assert (tmp_path / "par" / "sweep_mini_fp.weights.h5").exists()
+    assert not any((tmp_path / "par" / "sweep_parts").iterdir())  # no leftovers to commit
     serial = sweep.run("mini", str(tmp_path / "ser"), names)
     for name in names:
         assert report["rows"][name]["val_accuracy"] == serial["rows"][name]["val_accuracy"]
