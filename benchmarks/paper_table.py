@@ -264,9 +264,7 @@ def _load(path):
 
 def annotate(preset, out_dir, text):
     """Add a note (e.g. what disturbed a timing) to a preset's report; rerenders it."""
-    path = os.path.join(out_dir, f"{preset}.json")
-    with open(path) as f:
-        report = json.load(f)
+    report = _load(os.path.join(out_dir, f"{preset}.json"))
     report.setdefault("notes", []).append(text)
     write(report, out_dir, preset, quiet=True)
     return report
@@ -505,8 +503,7 @@ def run(
     path = os.path.join(out_dir, f"{preset}.json")
     previous = None
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+        previous = _load(path)
         if not same_settings(settings, previous, ROW_SETTINGS):
             log(f"{path} was made with other preset settings: starting a new report")
             previous = None
