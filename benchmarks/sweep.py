@@ -143,6 +143,9 @@ VARIANTS = {
     ),
     # ReActNet's best learning rate at 0.5x lost to a lower one at 1x: BiTAT at 1x.
     "defaults/1x/distill-all": dict(distillation="all"),
+    # cpu_strong at 1x: the defaults, and lowdata's choice of split on the task loss.
+    "defaults/1x": dict(),
+    "defaults/1x/q1+final16": dict(epochs_per_layer=1, final_epochs=16),
     "defaults/1x/distill-all/lr4e-3": dict(
         distillation="all", learning_rate=4e-3, finetune_learning_rate=4e-3
     ),
@@ -188,6 +191,17 @@ BASELINES = {
             ("reactnet", (2e-3, 4e-3, 8e-3, 16e-3)),
             ("naive_ste_distill", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
             ("naive_ste", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
+        )
+        for lr in grid
+    },
+    # The premise presets at 1x (cpu_strong: the grid around cpu's choices, chosen at the
+    # budget the rows run at).
+    **{
+        f"{method}_lr{lr:g}": (method, lr, 1)
+        for method, grid in (
+            ("reactnet", (2e-3, 4e-3, 8e-3)),
+            ("naive_ste_distill", (4e-3, 8e-3, 16e-3, 32e-3)),
+            ("naive_ste", (4e-3, 8e-3, 16e-3, 32e-3)),
         )
         for lr in grid
     },
