@@ -276,6 +276,7 @@ class Bench:
         train_teacher(model, self.train, recipe, settings, seed)
         record = {
             "key": key,
+            "backend": keras.backend.backend(),  # tensorflow: tf.data batches, else numpy
             "seconds": time.perf_counter() - start,
             "epochs": recipe["epochs"],
             "accuracy": self.accuracy(model),

@@ -1,4 +1,5 @@
-"""Uniform access to training data given as numpy arrays or a tf.data.Dataset."""
+"""Uniform access to training data given as numpy arrays, augmented numpy batches
+(``SeededBatches`` with ``augment``) or a tf.data.Dataset."""
 
 import math
 
@@ -38,6 +39,8 @@ def sample_images(data, n, seed):
     without replacement, seeded."""
     if isinstance(data, tuple | list):
         data = data[0]
+    if isinstance(data, SeededBatches):
+        data = data.x  # the images as given, before augmentation
     if _is_tf_dataset(data):
         out, total = [], 0
         for element in data:
@@ -68,6 +71,11 @@ def with_sample_weight(data, sample_weight, what="train_data"):
         raise ValueError(
             f"`sample_weight` cannot be given with a tf.data.Dataset `{what}`: make the "
             "dataset yield (x, y, sample_weight) batches instead (as keras.Model.fit)."
+        )
+    if isinstance(data, SeededBatches):
+        raise ValueError(
+            f"`sample_weight` cannot be given with augmented batches as `{what}`: give "
+            "the weights to the batches instead (SeededBatches(..., sample_weight=w))."
         )
     if isinstance(data, tuple | list) and len(data) == 3:
         raise ValueError(
@@ -105,6 +113,25 @@ def _check_weights(w, n, what, where):
     return w
 
 
+def shift_flip(images, rng, shift, flip):
+    """Numpy augmentation of a batch ``(N, H, W, C)``: each image zero-padded by ``shift``
+    pixels and cropped back at a random offset (a shift of up to ``shift`` pixels each
+    way), then, with ``flip``, mirrored left-right with probability 1/2; draws from ``rng``
+    (a ``numpy.random.Generator``)."""
+    n, h, w = images.shape[:3]
+    out = images
+    if shift:
+        padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+        dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
+        rows = dy[:, None] + np.arange(h)  # (n, h)
+        cols = dx[:, None] + np.arange(w)  # (n, w)
+        out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        out = np.where(mirror[:, None, None, None], out[:, :, ::-1], out)
+    return out
+
+
 class SeededBatches(keras.utils.PyDataset):
     """Shuffled batches of numpy arrays whose order depends on ``seed`` only.
 
@@ -114,21 +141,33 @@ class SeededBatches(keras.utils.PyDataset):
     batches run through the data pass after pass (a new permutation each pass), so an
     "epoch" of ``steps`` batches may end inside a pass (fractional epochs).
 
+    With ``augment`` every batch is augmented as it is drawn (``shift_flip``), from a
+    generator seeded by ``seed``, the pass and the batch's place in it: numpy only, so it
+    needs no TensorFlow (``bitat_keras.datasets.augmented_batches`` returns such batches
+    where TensorFlow is missing). ``progressive_fit`` and the baselines take these
+    batches as training data: every phase then draws its own order and augmentations.
+
     Under several JAX processes (``keras.distribution.initialize``) each process yields its
     own consecutive share of every batch, as Keras expects of a process's data.
 
     Args:
         x, y: the arrays.
         batch_size: samples per batch (the last batch of a pass may be smaller).
-        seed: seeds the permutation of every pass.
+        seed: seeds the permutation of every pass (and the augmentation).
         steps: batches per Keras epoch (default: one pass).
         sample_weight: optional per-sample weights, yielded as each batch's third item.
+        augment: ``(shift, flip)`` for ``shift_flip``, or None (no augmentation).
+
+    Example:
+        >>> batches = SeededBatches(x, y, batch_size=128, seed=0, augment=(2, True))
+        >>> model.fit(batches, epochs=30, shuffle=False)
     """
 
-    def __init__(self, x, y, batch_size, seed, steps=None, sample_weight=None):
+    def __init__(self, x, y, batch_size, seed, steps=None, sample_weight=None, augment=None):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
         self.w = sample_weight
+        self.augment = None if augment is None else (int(augment[0]), bool(augment[1]))
         self.part = batch_part()
         self.per_pass = math.ceil(len(x) / self.batch_size)
         self.steps = int(steps) if steps else self.per_pass
@@ -146,12 +185,16 @@ class SeededBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         p, j = divmod(self.epoch * self.steps + index, self.per_pass)
         rows = np.sort(self._order(p)[j * self.batch_size : (j + 1) * self.batch_size])
+        x = self.x[rows]
+        if self.augment is not None:  # the whole batch, so every process draws the same
+            x = shift_flip(x, np.random.default_rng([self.seed, p, j]), *self.augment)
+        share = slice(None)
         if self.part is not None:  # this process's share of the batch (keras.distribution)
             index, count = self.part
-            rows = rows[index * len(rows) // count : (index + 1) * len(rows) // count]
+            share = slice(index * len(rows) // count, (index + 1) * len(rows) // count)
         if self.w is not None:
-            return self.x[rows], self.y[rows], self.w[rows]
-        return self.x[rows], self.y[rows]
+            return x[share], self.y[rows][share], self.w[rows][share]
+        return x[share], self.y[rows][share]
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -165,8 +208,9 @@ class TrainData:
 
     Args:
         data: ``(x, y)`` or ``(x, y, sample_weight)`` numpy arrays (``sample_weight``: shape
-            (N,), finite, >= 0), or a ``tf.data.Dataset`` of ``(x, y)`` or
-            ``(x, y, sample_weight)`` batches.
+            (N,), finite, >= 0), augmented ``SeededBatches`` of such arrays (their batch
+            size and augmentation are kept; each phase draws its own order), or a
+            ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
         model: the model the data must fit (input shape, number of classes).
         batch_size: batch size for numpy arrays.
         what: name used in error messages ("train_data", "validation_data").
@@ -180,7 +224,12 @@ class TrainData:
         self.w = None  # per-sample weights of numpy data
         self.weighted = False
         self._repeated = None
+        self.augment = None  # (shift, flip) of augmented SeededBatches
+        self.data_seed = None  # their seed: mixed into every phase's
         self.devices, self._split = batch_splits()
+        if isinstance(data, SeededBatches):
+            self.batch_size, self.augment, self.data_seed = data.batch_size, data.augment, data.seed
+            data = (data.x, data.y) if data.w is None else (data.x, data.y, data.w)
         if _is_tf_dataset(data):
             if batch_part() is not None:
                 raise ValueError(
@@ -238,12 +287,15 @@ class TrainData:
             self.x, self.y = x.astype("float32", copy=False), y
             self.steps = math.ceil(len(x) / self.batch_size)
             self.digest = data_digest(x, y, self.w)
+            if self.augment is not None:
+                self.digest += f":augment{self.augment}:seed{self.data_seed}"
             self._check_split(len(x))
         else:
             length = f" of length {len(data)}" if isinstance(data, tuple | list) else ""
             raise TypeError(
                 f"`{what}` must be a tuple (x, y) or (x, y, sample_weight) of numpy arrays, "
-                "or a tf.data.Dataset of (x, y) or (x, y, sample_weight) batches. Received: "
+                "augmented batches (bitat_keras.datasets.augmented_batches), or a "
+                "tf.data.Dataset of (x, y) or (x, y, sample_weight) batches. Received: "
                 f"{type(data).__name__}{length}"
             )
 
@@ -309,8 +361,15 @@ class TrainData:
         ``sample_weight``) as ``SeededBatches`` whose order ``seed`` draws."""
         if self.dataset is not None:
             return {"x": self.dataset, "shuffle": False}
-        batches = SeededBatches(self.x, self.y, self.batch_size, seed, sample_weight=self.w)
-        return {"x": batches, "shuffle": False}
+        return {"x": self._seeded(seed), "shuffle": False}
+
+    def _seeded(self, seed, steps=None):
+        """The arrays as ``SeededBatches`` drawn from ``seed`` (and the data's own seed)."""
+        if self.data_seed is not None:
+            seed = int(np.random.SeedSequence([self.data_seed, seed]).generate_state(1)[0])
+        return SeededBatches(
+            self.x, self.y, self.batch_size, seed, steps, self.w, augment=self.augment
+        )
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with
@@ -327,10 +386,8 @@ class TrainData:
         # shuffle=False: the order is SeededBatches' own (Keras would shuffle the batches
         # with Python's global random state, which a resumed run does not share).
         if whole:
-            batches = SeededBatches(self.x, self.y, self.batch_size, seed, sample_weight=self.w)
-            return {"x": batches, "epochs": int(epochs), "shuffle": False}, steps
-        batches = SeededBatches(self.x, self.y, self.batch_size, seed, steps, self.w)
-        return {"x": batches, "epochs": 1, "shuffle": False}, steps
+            return {"x": self._seeded(seed), "epochs": int(epochs), "shuffle": False}, steps
+        return {"x": self._seeded(seed, steps), "epochs": 1, "shuffle": False}, steps
 
     # The samples below decide what the run does between phases (statistics, groups, s and
     # V, thresholds, BatchNorm statistics): in several processes each is the chief's.

@@ -51,8 +51,9 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=1e-3, batch_size=25
 
     Args:
         fp_model: the pre-trained full-precision model (left untouched).
-        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or a tf.data.Dataset
-            of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, the numpy pipeline of
+            ``bk.datasets.augmented_batches``, or a tf.data.Dataset of ``(x, y)`` or
+            ``(x, y, sample_weight)`` batches.
         epochs: training epochs (Adam, linear decay to 0).
         learning_rate, batch_size, verbose, callbacks: as in ``keras.Model.fit``.
         sample_weight: optional per-sample weights (shape (N,), finite, >= 0) for numpy
@@ -91,8 +92,9 @@ def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=1e-3, batch
 
     Args:
         fp_model: the pre-trained full-precision model (left untouched; the teacher).
-        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, or a tf.data.Dataset
-            of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` arrays, the numpy pipeline of
+            ``bk.datasets.augmented_batches``, or a tf.data.Dataset of ``(x, y)`` or
+            ``(x, y, sample_weight)`` batches.
         epochs: total training epochs of both steps (at least 2).
         learning_rate, batch_size, verbose, callbacks: as in ``keras.Model.fit``.
         weight_decay: Adam's weight decay in step 1.

@@ -26,6 +26,7 @@ falls back to a download silently.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import re
 import zlib
@@ -464,31 +465,44 @@ def _cifar_train_map(tf, image, seed):
     return _shift_flip(tf, image, seed, shift=4, flip=True)  # as in ResNet's CIFAR recipe
 
 
-def augmented_batches(x, y, *, batch_size, seed=0, shift=2, flip=True):
+def _has_tensorflow():
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # blocked, or a None entry in sys.modules
+        return False
+
+
+def augmented_batches(x, y, *, batch_size, seed=0, shift=2, flip=True, pipeline="auto"):
     """Shuffled, augmented batches of numpy images: a training set for ``keras.Model.fit``,
     :func:`bitat_keras.progressive_fit` and the baselines.
 
     Every pass reshuffles and draws new augmentations: each image is shifted by up to
     ``shift`` pixels each way (zero padding, then a random crop back to its size) and, with
-    ``flip``, mirrored left-right with probability 1/2. Stateless ops seeded from ``seed``:
-    the same arguments give the same sequence of batches. Needs TensorFlow (tf.data), under
-    any Keras backend.
+    ``flip``, mirrored left-right with probability 1/2. Seeded from ``seed``: the same
+    arguments give the same sequence of batches. Two pipelines do the same augmentation
+    with different random draws: tf.data (stateless TensorFlow ops, under any Keras
+    backend) and numpy (no TensorFlow needed, e.g. JAX on a GPU machine without it).
 
     Args:
         x: float images ``(N, H, W, C)``.
         y: integer labels ``(N,)``.
         batch_size: examples per batch (the last batch of a pass may be smaller).
-        seed: seeds the shuffle and the augmentation.
+        seed: seeds the shuffle and the augmentation (an integer >= 0).
         shift: largest shift in pixels (0: none).
         flip: random left-right flips.
+        pipeline: ``"tf.data"``, ``"numpy"``, or ``"auto"``: tf.data where TensorFlow is
+            installed, else numpy.
 
     Returns:
-        A finite ``tf.data.Dataset`` of ``(images float32, labels int32)`` batches, one pass
-        over the data per iteration.
+        tf.data: a finite ``tf.data.Dataset`` of ``(images float32, labels int32)``
+        batches, one pass over the data per iteration. numpy: a ``keras.utils.PyDataset``
+        of the same batches, one pass per Keras epoch (fit it with ``shuffle=False``);
+        :func:`bitat_keras.progressive_fit` and the baselines draw every phase's order
+        and augmentations from its seed and the phase's.
 
     Example:
         >>> train = augmented_batches(x, y, batch_size=128, seed=0)
-        >>> model.fit(train, epochs=30)
+        >>> model.fit(train, epochs=30, shuffle=False)
     """
     x, y = np.asarray(x, dtype="float32"), np.asarray(y)
     if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
@@ -502,6 +516,17 @@ def augmented_batches(x, y, *, batch_size, seed=0, shift=2, flip=True):
         raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"`seed` must be an integer >= 0. Received: {seed!r}")
+    if pipeline not in ("auto", "tf.data", "numpy"):
+        raise ValueError(f"`pipeline` must be 'auto', 'tf.data' or 'numpy'. Received: {pipeline!r}")
+    if pipeline == "auto":
+        pipeline = "tf.data" if _has_tensorflow() else "numpy"
+    if pipeline == "numpy":
+        from bitat_keras._data import SeededBatches
+
+        y = y.astype("int32")
+        return SeededBatches(x, y, int(batch_size), int(seed), augment=(int(shift), bool(flip)))
     import tensorflow as tf
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -326,8 +326,9 @@ def progressive_fit(
 
     Args:
         model: a built, pre-trained full-precision Keras model (or one from ``bk.binarize``).
-        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` numpy arrays, or a
-            ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` batches.
+        train_data: ``(x, y)`` or ``(x, y, sample_weight)`` numpy arrays, the numpy
+            pipeline of ``bk.datasets.augmented_batches``, or a ``tf.data.Dataset`` of
+            ``(x, y)`` or ``(x, y, sample_weight)`` batches.
         config: a ``BiTATConfig`` (its defaults if None; ``BiTATConfig.paper()`` for the
             paper's settings).
         validation_data: optional data of the same kind, evaluated after every phase.

@@ -489,36 +489,57 @@ def _shifted(image, dy, dx):
     return out
 
 
-def test_augmented_batches_are_shifts_and_flips_of_the_inputs():
+def _passes(ds, count):
+    """``count`` passes over augmented batches as lists of numpy ``(images, labels)``."""
+    if isinstance(ds, keras.utils.PyDataset):  # the numpy pipeline: one pass per epoch
+        passes = []
+        for _ in range(count):
+            passes.append([tuple(np.asarray(t) for t in ds[i]) for i in range(len(ds))])
+            ds.on_epoch_end()
+        return passes
+    return [[(b[0].numpy(), b[1].numpy()) for b in ds] for _ in range(count)]
+
+
+@pytest.mark.parametrize("pipeline", ["tf.data", "numpy"])
+def test_augmented_batches_are_shifts_and_flips_of_the_inputs(pipeline):
     """Every output image is its input shifted by at most `shift` pixels (zero fill),
     maybe mirrored; every image appears once per pass; a pass reshuffles and redraws;
-    the same seed gives the same batches."""
+    the same seed gives the same batches; shifts and flips both occur."""
     rng = np.random.default_rng(0)
     x = rng.random((10, 6, 5, 1)).astype("float32") + 0.1  # no zero pixels
     y = np.arange(10)
-    ds = D.augmented_batches(x, y, batch_size=4, seed=3, shift=2, flip=True)
-    assert int(ds.cardinality()) == 3
-    passes = [[(b[0].numpy(), b[1].numpy()) for b in ds] for _ in range(2)]
+
+    def make(**kwargs):
+        return D.augmented_batches(x, y, pipeline=pipeline, **kwargs)
+
+    ds = make(batch_size=4, seed=3, shift=2, flip=True)
+    assert len(_passes(make(batch_size=4, seed=3), 1)[0]) == 3
+    passes = _passes(ds, 2)
+    kinds = set()
     for batches in passes:
         labels = np.concatenate([labels for _, labels in batches])
         assert sorted(labels) == list(range(10))
         for images, labels in batches:
             for image, label in zip(images, labels, strict=True):
-                candidates = [
-                    _shifted(src, dy, dx)
-                    for src in (x[label], x[label][:, ::-1])
+                candidates = {
+                    (mirrored, dy, dx): _shifted(src, dy, dx)
+                    for mirrored, src in ((False, x[label]), (True, x[label][:, ::-1]))
                     for dy in range(-2, 3)
                     for dx in range(-2, 3)
-                ]
-                assert any(np.array_equal(image, c) for c in candidates)
+                }
+                found = [k for k, c in candidates.items() if np.array_equal(image, c)]
+                assert found
+                kinds.add((found[0][0], found[0][1:] != (0, 0)))
+    assert {m for m, _ in kinds} == {False, True} and any(s for _, s in kinds)
     first, second = passes
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
-    again = D.augmented_batches(x, y, batch_size=4, seed=3, shift=2, flip=True)
-    for a, b in zip(first, [(t[0].numpy(), t[1].numpy()) for t in again], strict=True):
+    again = _passes(make(batch_size=4, seed=3, shift=2, flip=True), 1)[0]
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
-    plain = D.augmented_batches(x, y, batch_size=10, seed=0, shift=0, flip=False)
-    images, labels = next(iter(plain))
-    np.testing.assert_array_equal(images.numpy(), x[labels.numpy()])
+    other = _passes(make(batch_size=4, seed=4, shift=2, flip=True), 1)[0]
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+    images, labels = _passes(make(batch_size=10, seed=0, shift=0, flip=False), 1)[0][0]
+    np.testing.assert_array_equal(images, x[labels])
 
 
 @pytest.mark.parametrize(
@@ -528,6 +549,8 @@ def test_augmented_batches_are_shifts_and_flips_of_the_inputs():
         (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(2)), "shape"),
         (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), shift=-1), "shift"),
         (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), batch_size=0), "batch_size"),
+        (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), seed=-1), "seed"),
+        (dict(x=np.zeros((3, 4, 4, 1)), y=np.zeros(3), pipeline="torch"), "pipeline"),
     ],
 )
 def test_augmented_batches_bad_input(kwargs, match):
@@ -535,3 +558,35 @@ def test_augmented_batches_bad_input(kwargs, match):
     x, y = kwargs.pop("x"), kwargs.pop("y")
     with pytest.raises(ValueError, match=match):
         D.augmented_batches(x, y, **kwargs)
+
+
+def test_training_data_from_numpy_augmented_batches():
+    """As training data, augmented numpy batches keep their batch size and augmentation;
+    each phase seed draws its own order and augmentations, the statistics samples are the
+    images as given, and the checkpoint digest tells them from the plain arrays."""
+    from bitat_keras._data import TrainData, sample_images
+
+    rng = np.random.default_rng(1)
+    x = rng.random((12, 6, 6, 1)).astype("float32") + 0.1  # no zero pixels
+    y = np.arange(12) % 3
+    inputs = keras.Input((6, 6, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    batches = D.augmented_batches(x, y, batch_size=5, seed=2, pipeline="numpy")
+    data = TrainData(batches, model, batch_size=64)
+    assert data.batch_size == 5 and data.steps == 3
+    assert data.digest != TrainData((x, y), model, batch_size=5).digest
+
+    def phase(seed):
+        kwargs, steps = data.phase_kwargs(1, seed)
+        assert steps == 3 and kwargs["shuffle"] is False
+        return [kwargs["x"][i] for i in range(len(kwargs["x"]))]
+
+    first, again, other = phase(0), phase(0), phase(1)
+    assert [len(b[0]) for b in first] == [5, 5, 2]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
+    images = np.concatenate([b[0] for b in first])
+    assert np.any(images == 0)  # shifted in zeros: augmented
+    sample = sample_images(batches, 4, seed=0)
+    assert all(any(np.array_equal(s, row) for row in x) for s in sample)

@@ -64,6 +64,13 @@ SCRIPT = textwrap.dedent(
         assert np.isfinite(baselines.accuracy(model, x, y))
     print("BASELINES-OK")
 
+    # Augmented batches without TensorFlow: the numpy pipeline, as training data.
+    batches = bk.datasets.augmented_batches(x, y, batch_size=32, seed=1)
+    assert isinstance(batches, keras.utils.PyDataset), type(batches)
+    augmented, _ = baselines.naive_ste(fp, batches, epochs=1, batch_size=32)
+    assert np.isfinite(baselines.accuracy(augmented, x, y))
+    print("AUGMENTED-OK")
+
     config = bk.BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8,
                             stats_images=32, stats_rows=256, bn_recalibration_batches=2)
     result = bk.progressive_fit(fp, (x, y), config=config, verbose=0)
@@ -108,6 +115,12 @@ def jax_run(tmp_path_factory):
 def test_baselines_under_jax_without_tensorflow(jax_run):
     _, out = jax_run
     assert "BASELINES-OK" in out
+
+
+def test_augmented_batches_under_jax_without_tensorflow(jax_run):
+    """augmented_batches falls back to its numpy pipeline, and the baselines train on it."""
+    _, out = jax_run
+    assert "AUGMENTED-OK" in out
 
 
 def test_progressive_fit_under_jax_without_tensorflow(jax_run):
