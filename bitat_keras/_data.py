@@ -74,8 +74,9 @@ def with_sample_weight(data, sample_weight, what="train_data"):
         )
     if isinstance(data, SeededBatches):
         raise ValueError(
-            f"`sample_weight` cannot be given with augmented batches as `{what}`: give "
-            "the weights to the batches instead (SeededBatches(..., sample_weight=w))."
+            f"`sample_weight` cannot be given with augmented numpy batches as `{what}`: "
+            "they carry no weights. Give (x, y) arrays with the weights, or a "
+            "tf.data.Dataset that yields (x, y, sample_weight) batches."
         )
     if isinstance(data, tuple | list) and len(data) == 3:
         raise ValueError(

@@ -590,3 +590,13 @@ def test_training_data_from_numpy_augmented_batches():
     assert np.any(images == 0)  # shifted in zeros: augmented
     sample = sample_images(batches, 4, seed=0)
     assert all(any(np.array_equal(s, row) for row in x) for s in sample)
+
+
+def test_sample_weight_with_numpy_augmented_batches_is_refused():
+    from bitat_keras._data import with_sample_weight
+
+    batches = D.augmented_batches(
+        np.zeros((4, 4, 4, 1)), np.zeros(4), batch_size=2, pipeline="numpy"
+    )
+    with pytest.raises(ValueError, match="carry no weights"):
+        with_sample_weight(batches, np.ones(4))
