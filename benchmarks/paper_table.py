@@ -288,20 +288,33 @@ def goals(rows, settings=None):
     if "reactnet_2x" in rows and rn is not None:
         out["reactnet_converged_at_1x (2x gains < 0.3)"] = mean("reactnet_2x") - rn < 0.003
     if "bitat_none" in rows and bitat is not None:
-        # The ablation rows may run fewer seeds than the main BiTAT row: compare each
-        # transform on the seeds that `none` ran.
-        seeds = rows["bitat_none"]["per_seed"].keys()
-
-        def on_seeds(name):
-            per_seed = rows[name]["per_seed"]
-            return _mean({s: per_seed[s] for s in seeds if s in per_seed}, "accuracy")
-
-        names = ("bitat_aggregated", "bitat_intra", "bitat_cross")
-        transforms = [a for a in (on_seeds(n) for n in names if n in rows) if a is not None]
-        if transforms:
-            best = max(transforms)
-            out["transform_beats_none_by_0.3"] = best >= on_seeds("bitat_none") + 0.003
+        # The ablation rows may run fewer seeds than the main BiTAT row, or have run with
+        # other settings: compare each transform with `none` on the seeds they share.
+        pairs = {
+            n: paired_seeds(rows, n, "bitat_none")
+            for n in ("bitat_aggregated", "bitat_intra", "bitat_cross")
+            if n in rows
+        }
+        gains = [
+            _mean({s: rows[n]["per_seed"][s] for s in seeds}, "accuracy")
+            - _mean({s: rows["bitat_none"]["per_seed"][s] for s in seeds}, "accuracy")
+            for n, seeds in pairs.items()
+            if seeds
+        ]
+        if gains:
+            out["transform_beats_none_by_0.3"] = max(gains) >= 0.003
     return out
+
+
+def paired_seeds(rows, name, other):
+    """The seeds on which rows ``name`` and ``other`` both ran with the same BiTAT settings
+    but the transform (rows without a recorded config pair on every shared seed)."""
+    a, b = rows[name]["per_seed"], rows[other]["per_seed"]
+
+    def settings(row):
+        return {k: v for k, v in (row.get("config") or {}).items() if k != "transform"}
+
+    return [s for s in a if s in b and settings(a[s]) == settings(b[s])]
 
 
 def premise_goals(rows, goal, mean):
@@ -327,7 +340,8 @@ def premise_goals(rows, goal, mean):
     out["teacher_at_least_1.0_above_the_best_binary_row"] = fp >= max(binary) + 0.01
     if "bitat_none" in rows:
         agg, none = rows["bitat_aggregated"]["per_seed"], rows["bitat_none"]["per_seed"]
-        diffs = [agg[s]["accuracy"] - none[s]["accuracy"] for s in none if s in agg]
+        seeds = paired_seeds(rows, "bitat_aggregated", "bitat_none")
+        diffs = [agg[s]["accuracy"] - none[s]["accuracy"] for s in seeds]
         if len(diffs) >= 2:
             se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
             gain = float(np.mean(diffs))
@@ -462,6 +476,7 @@ def plot(report, path):
 
 
 def write(report, out_dir, preset, quiet=False):
+    report["goals"] = goals(report["rows"], report.get("settings"))  # the current rules
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, preset)
     with open(base + ".json", "w") as f:

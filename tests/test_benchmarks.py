@@ -395,3 +395,36 @@ def test_sweep_on_a_premise_preset_merges_runs_with_their_epochs(tmp_path):
     saved["settings"]["batch"] = 8
     path.write_text(json.dumps(saved))
     assert sweep.previous_rows(str(tmp_path), "lowdata_mini", settings) == {}
+
+
+def test_transform_goals_compare_only_rows_with_the_same_settings():
+    """The transform goals pair `bitat_aggregated` with `bitat_none` only on seeds where
+    both ran with the same BiTAT settings apart from the transform."""
+    import paper_table
+
+    def row(acc, transform, lr):
+        config = {"transform": transform, "learning_rate": lr}
+        return {"accuracy": acc, "seconds": 1.0, "config": config}
+
+    def plain(acc):
+        return {0: {"accuracy": acc, "seconds": 1.0}, 1: {"accuracy": acc, "seconds": 1.0}}
+
+    def report(none_lr):
+        per_row = {
+            "full_precision": plain(0.95),
+            "naive_ste": plain(0.90),
+            "bitat_aggregated": {
+                0: row(0.91, "aggregated", 4e-3),
+                1: row(0.92, "aggregated", 4e-3),
+            },
+            "bitat_none": {0: row(0.90, "none", none_lr), 1: row(0.905, "none", none_lr)},
+        }
+        rows = paper_table.row_means(per_row)
+        return paper_table.goals(rows, {"goal": dict(over_baseline=0.005, within_fp=0.01)})
+
+    same = report(4e-3)
+    assert same["transform_beats_none_by_0.3"] is True
+    assert same["transform_aggregated_beats_none_by_0.3_beyond_its_standard_error"] is True
+    other = report(8e-3)  # the ablation ran with other settings: nothing to compare
+    assert "transform_beats_none_by_0.3" not in other
+    assert not any(k.startswith("transform_aggregated") for k in other)
