@@ -133,17 +133,11 @@ PRESETS["lowdata"] = {
     # 160, 90.1 at 320, 90.6 at 640, 90.8 at 1280: the first doubling that gains less than
     # 0.3 points starts at 640, ReActNet's converged count and the 1x.
     "epochs": 640,
-    # BiTAT's settings on this preset, the best on its validation split at 320 epochs
-    # (results/sweep_lowdata.md): the teacher's distribution in every phase (+1.8 points
-    # over the task loss) and two thirds of the epochs in the joint phase (+1.3). The main
-    # BiTAT rows and their ablations use them unless `paper_table.py --bitat` says otherwise.
-    "bitat_overrides": dict(
-        distillation="all",
-        learning_rate=4e-3,
-        finetune_learning_rate=4e-3,
-        epochs_per_layer=1,
-        final_epochs=16,
-    ),
+    # BiTAT's settings: cpu_strong's `bitat_overrides`, inherited; they are this preset's
+    # best on its validation split at 320 epochs (results/sweep_lowdata.md): the teacher's
+    # distribution in every phase (+1.8 points over the task loss) and two thirds of the
+    # epochs in the joint phase (+1.3). The main BiTAT rows and their ablations use them
+    # unless `paper_table.py --bitat` says otherwise.
 }
 # The miniature forms of the two presets above, for the test suite.
 PRESETS["cpu_strong_mini"] = {
