@@ -7,6 +7,7 @@ trainable weights, stopping on a non-finite loss, BatchNorm re-estimation, valid
 returned plain binary model, and the checkpoint form of the blocks.
 """
 
+import contextlib
 import time
 
 import keras
@@ -23,7 +24,18 @@ from bitat_keras.models import binarize, eligible_layers
 from bitat_keras.thresholds import set_thresholds
 from bitat_keras.trained_block import TrainedBlock, partition
 
-__all__ = ["NonFiniteLossError", "PhaseRunner"]
+__all__ = ["NonFiniteLossError", "PhaseRunner", "timed"]
+
+
+@contextlib.contextmanager
+def timed(record, kind):
+    """Add the wall time of the ``with`` body to ``record["seconds"][kind]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = record["seconds"]
+        seconds[kind] = seconds.get(kind, 0.0) + time.perf_counter() - start
 
 
 class NonFiniteLossError(RuntimeError):

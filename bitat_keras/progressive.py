@@ -14,7 +14,7 @@ from bitat_keras.checkpoint import Checkpointer, CheckpointError, weights_digest
 from bitat_keras.config import BiTATConfig
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import check_model
-from bitat_keras.phase_runner import NonFiniteLossError, PhaseRunner
+from bitat_keras.phase_runner import NonFiniteLossError, PhaseRunner, timed
 from bitat_keras.precision import float32_policy
 from bitat_keras.statistics import patch_rows
 from bitat_keras.trained_block import TrainedBlock, v_parameters
@@ -72,17 +72,23 @@ class BiTATResult:
         return out
 
     def seconds_by_kind(self):
-        """Seconds summed over the phases per kind of work (``quantize``, ``statistics``,
-        ...), plus ``compile`` (tracing, inside the training kinds), ``overhead`` (wall
-        time that was not a traced training step) and ``overhead_share`` (of ``seconds``).
-        For a resumed run ``seconds`` counts this process only, while ``history`` holds
-        every phase: its overhead is then not meaningful."""
+        """Seconds summed over the phases per kind of work: the training kinds
+        (``quantize``, ``finetune``, ``final``, ``activations``), ``statistics`` (input
+        statistics and the penalty's normaliser), ``grouping``, ``pca``, ``thresholds``,
+        ``batchnorm`` (re-estimation), ``evaluate``, ``diagnostics`` (the gradient ratio
+        and the penalty read-out of the history); plus ``compile`` (tracing, inside the
+        training kinds), ``other`` (the rest of the wall time: building the gated
+        network, checkpoints, the returned model), ``overhead`` (wall time that was not a
+        traced training step) and ``overhead_share`` (of ``seconds``). For a resumed run
+        ``seconds`` counts this process only, while ``history`` holds every phase: its
+        overhead is then not meaningful."""
         out = {}
         for record in self.history:
             for kind, value in record["seconds"].items():
                 out[kind] = out.get(kind, 0.0) + value
             out["compile"] = out.get("compile", 0.0) + record.get("compile_seconds", 0.0)
         train = sum(out.get(kind, 0.0) for kind in self.TRAINING_KINDS)
+        out["other"] = self.seconds - sum(out.values()) + out["compile"]
         out["overhead"] = self.seconds - train + out["compile"]
         out["overhead_share"] = out["overhead"] / self.seconds if self.seconds else 0.0
         return out
@@ -104,7 +110,8 @@ class _Algorithm1(PhaseRunner):
         )
         before = self.trainer.get_weights()
         self.binarize_activations()
-        self.init_thresholds(self.names, cfg.seed)
+        with timed(record, "thresholds"):
+            self.init_thresholds(self.names, cfg.seed)
         self.trainer.set_block(None)
         self.trainer.set_distill(cfg.distillation != "none")
         self.run_phase(
@@ -189,15 +196,18 @@ class _Algorithm1(PhaseRunner):
         self.log(f"layer {index + 1}/{total} {name!r}: quantize, {cfg.epochs_per_layer} epochs")
         before = self.trainer.get_weights()
         if not cfg.activations_first_epochs:  # else set with every layer's, at the start
-            self.init_thresholds([name], cfg.seed + index)
+            with timed(record, "thresholds"):
+                self.init_thresholds([name], cfg.seed + index)
         self.trainer.set_binary(index, inputs=True, kernel=True)
         self.init_transform(index, name, record)
         b = self.block_index[name]
         if cfg.penalty_normalization == "output" and self.trainer.blocks[b].s is not None:
-            self.trainer.normalize_penalty(b)
+            with timed(record, "statistics"):  # E||(PW)^T o||^2, the penalty's normaliser
+                self.trainer.normalize_penalty(b)
         self.trainer.set_block(b)
         self.trainer.set_distill(cfg.distillation == "all")
-        record["gradient_ratio"] = self.gradient_ratio(index, b)
+        with timed(record, "diagnostics"):
+            record["gradient_ratio"] = self.gradient_ratio(index, b)
         previous = self.position[self.names[index - 1]] if index else -1
         where = f"layer {index + 1}/{total} {name!r}"
         self.run_phase(
@@ -211,12 +221,13 @@ class _Algorithm1(PhaseRunner):
             self.phase_seed(index, 0),
             before,
         )
-        penalty, reg, l1 = self.trainer.block_terms(b)
-        record.update(
-            penalty=phases.numpy_float(penalty),
-            reg=phases.numpy_float(reg),
-            l1=phases.numpy_float(l1),
-        )
+        with timed(record, "diagnostics"):
+            penalty, reg, l1 = self.trainer.block_terms(b)
+            record.update(
+                penalty=phases.numpy_float(penalty),
+                reg=phases.numpy_float(reg),
+                l1=phases.numpy_float(l1),
+            )
         if cfg.finetune_epochs and index + 1 < total:  # Alg. 1 line 12: sgn(w) frozen
             record = {"layer": name, "index": index, "phase": "finetune", "seconds": {}}
             self.log(

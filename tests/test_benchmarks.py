@@ -428,3 +428,25 @@ def test_transform_goals_compare_only_rows_with_the_same_settings():
     other = report(8e-3)  # the ablation ran with other settings: nothing to compare
     assert "transform_beats_none_by_0.3" not in other
     assert not any(k.startswith("transform_aggregated") for k in other)
+
+
+def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_path):
+    import device_matrix
+
+    for name in ("lowdata_seed0.keras", "lowdata_seed0.json", "cpu_strong_seed1.keras"):
+        (tmp_path / name).write_text("{}")
+    staged = device_matrix.staged_teachers(str(tmp_path))
+    assert staged == {("lowdata", 0)}  # a .keras without its .json is not a cached teacher
+    jobs = device_matrix.plan(("cpu_strong", "lowdata"), (0, 1), (0.5,), staged)
+    names = [name for name, _, _ in jobs]
+    assert len(names) == len(set(names))
+    teachers = [name for name, teacher, _ in jobs if teacher is None]
+    assert teachers == ["cpu_strong-teacher0", "cpu_strong-teacher1", "lowdata-teacher1"]
+    assert names[: len(teachers)] == teachers
+    rows = [(teacher, argv) for _, teacher, argv in jobs if teacher is not None]
+    # 1x: four main rows and the ablation per preset and seed; 0.5x: the main rows, seed 0
+    assert len(rows) == 2 * 2 * 5 + 2 * 4
+    for teacher, argv in rows:
+        assert argv[argv.index("--preset") + 1] == teacher[0]
+        assert int(argv[argv.index("--seed") + 1]) == teacher[1]
+    assert all(a[a.index("--budgets") + 1] == "0.5" for _, a in rows[-8:])

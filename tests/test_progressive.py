@@ -114,6 +114,12 @@ def test_history_and_callbacks_cover_every_phase(fitted):
     assert kinds["quantize"] == pytest.approx(quantize)
     assert kinds["overhead"] == pytest.approx(result.seconds - train + compile_s)
     assert 0 < kinds["overhead_share"] < 1
+    # Every second is some kind's: the record kinds and "other" (building the gated
+    # network, checkpoints, the returned model) add up to the wall time.
+    named = {k: v for k, v in kinds.items() if k not in ("compile", "overhead", "overhead_share")}
+    assert {"statistics", "diagnostics", "batchnorm", "other"} <= set(named)
+    assert sum(named.values()) == pytest.approx(result.seconds)
+    assert 0 <= kinds["other"] < 0.5 * kinds["overhead"]
     per_layer = result.seconds_by_layer()
     assert list(per_layer) == bk.models.eligible_layers(result.model)
     assert sum(per_layer.values()) == pytest.approx(
