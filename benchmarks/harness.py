@@ -101,9 +101,10 @@ PRESETS["cpu_strong"] = {
     "teacher": dict(epochs=60, lr=2e-3, weight_decay=0.05),
     "augment": dict(shift=2, flip=True),
     "goal": dict(over_baseline=0.005, within_fp=0.01),
-    # Validation at 1x (results/sweep_cpu_strong.md): naive STE 8e-3 of 8e-3 ... 32e-3 (4e-3
-    # not run), ReActNet 4e-3 of 2e-3 ... 8e-3; naive STE distilled keeps cpu's choice.
-    "baseline_lr": dict(naive_ste=8e-3, naive_ste_distill=16e-3, reactnet=4e-3),
+    # Validation at 1x (results/sweep_cpu_strong.md): naive STE 8e-3 of 4e-3 ... 32e-3,
+    # ReActNet 4e-3 of 2e-3 ... 8e-3, naive STE distilled 8e-3 of 8e-3 and 16e-3 (4e-3 and
+    # 32e-3 not run yet; its committed test row ran at 16e-3, each row records its rate).
+    "baseline_lr": dict(naive_ste=8e-3, naive_ste_distill=8e-3, reactnet=4e-3),
     "budgets": (0.25, 0.5, 1, 2),
     # BiTAT's settings here, the better of the two measured on this preset's validation
     # split at 1x (results/sweep_cpu_strong.md): lowdata's choice, 91.42 % against the
