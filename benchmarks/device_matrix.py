@@ -33,12 +33,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PRESETS = ("cpu_strong", "lowdata")
 MAIN_ROWS = ("bitat", "reactnet", "naive_ste_distill", "naive_ste")
-FASHION_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
 
 
 def plan(presets=PRESETS, seeds=(0, 1, 2), budgets=(0.5, 0.25, 2), staged=()):
@@ -81,6 +75,8 @@ def stage(folder, python_version="3.12"):
     """Wheels for the device's Python, the data files and the cached teachers."""
     import keras  # this machine's Keras version is the one the device runs
 
+    from bitat_keras import datasets
+
     wheels = os.path.join(folder, "whl")
     os.makedirs(wheels, exist_ok=True)
     subprocess.run(
@@ -97,9 +93,10 @@ def stage(folder, python_version="3.12"):
             os.remove(path)
     data = os.path.join(folder, "data")
     os.makedirs(data, exist_ok=True)
-    source = os.environ.get("BITAT_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
-    for name in FASHION_FILES:
-        shutil.copy(os.path.join(source, name), data)
+    source = os.environ.get(datasets.FASHION_MNIST_ENV, datasets.FASHION_MNIST_DEBIAN_DIR)
+    for pair in datasets.FASHION_MNIST_FILES.values():
+        for name in pair:
+            shutil.copy(os.path.join(source, name), data)
     teachers = os.path.join(folder, "teachers")
     os.makedirs(teachers, exist_ok=True)
     for path in glob.glob(os.path.join(HERE, "results", "teachers", "*")):
@@ -134,7 +131,7 @@ def run(folder, out, deadline, jobs, presets=PRESETS, seeds=(0, 1, 2), budgets=(
     )
     data = os.path.join(folder, "data")
     if os.path.isdir(data):
-        env["BITAT_FASHION_MNIST_DIR"] = os.path.abspath(data)
+        env["BITAT_FASHION_MNIST_DIR"] = os.path.abspath(data)  # datasets.FASHION_MNIST_ENV
     for name in ("logs", "jobs"):
         os.makedirs(os.path.join(out, name), exist_ok=True)
     queue = plan(presets, seeds, budgets, staged)
