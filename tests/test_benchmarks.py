@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -14,7 +15,22 @@ import bitat_keras as bk
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
+@pytest.fixture
+def eager():
+    """TensorFlow runs the train steps eagerly: a mini preset's row makes a dozen steps,
+    fewer than tracing its train step costs, and the graph path of every method is the
+    library tests' business (and that of the CLI run in a subprocess below)."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [
@@ -68,8 +84,10 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path):
     import harness
     import paper_table
 
-    merged = paper_table.run("mini", str(tmp_path), seeds=[1], groups=())
-    assert merged["rows"]["reactnet"]["seeds"] == 2
+    merged = paper_table.run(
+        "mini", str(tmp_path), seeds=[1], groups=(), only=("reactnet", "bitat"), budgets=(1,)
+    )
+    assert merged["rows"]["reactnet"]["seeds"] == 2 and merged["rows"]["reactnet_2x"]["seeds"] == 1
     assert merged["rows"]["bitat_none"]["seeds"] == 1  # extra rows ran for seed 0 only
     assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
     # Rerunning some main rows of a seed replaces those rows' results and keeps the others.
@@ -209,7 +227,7 @@ def test_own_models_results_meet_the_targets_and_render_as_committed():
     assert own_models.markdown(results) == (results_dir / "own_models.md").read_text()
 
 
-def test_premise_presets_mini(tmp_path):
+def test_premise_presets_mini(tmp_path, eager):
     """The strong-teacher and low-data presets in their mini forms: the teacher trained
     once (augmentation, AdamW, cosine decay) and cached; every binary row on the labelled
     subset, at fractional budgets; naive STE with and without distillation; BiTAT's
