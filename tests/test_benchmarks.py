@@ -25,9 +25,10 @@ def eager():
         return
     import tensorflow as tf
 
+    before = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(True)
     yield
-    tf.config.run_functions_eagerly(False)
+    tf.config.run_functions_eagerly(before)
 
 
 def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
