@@ -475,7 +475,8 @@ def plot(report, path):
     plt.close(fig)
 
 
-def write(report, out_dir, preset, quiet=False):
+def write(report, out_dir, preset, quiet=False, figure=True):
+    """The report's JSON and Markdown, and (``figure``) its accuracy-vs-cost PNG."""
     report["goals"] = goals(report["rows"], report.get("settings"))  # the current rules
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, preset)
@@ -483,7 +484,7 @@ def write(report, out_dir, preset, quiet=False):
         json.dump(report, f, indent=1, default=float)
     with open(base + ".md", "w") as f:
         f.write(markdown(report))
-    if "full_precision" in report["rows"]:
+    if figure and "full_precision" in report["rows"]:
         plot(report, base + "_accuracy_vs_cost.png")
     if not quiet:
         log(f"wrote {base}.json, {base}.md, {base}_accuracy_vs_cost.png")
@@ -524,17 +525,24 @@ def run(
             previous = None
     start = time.perf_counter()
 
-    def save():  # after every row, so an interrupted run keeps what it measured
+    def save(figure=True):
         bench.seconds = time.perf_counter() - start
         report = summarize(bench, previous)
-        write(report, out_dir, preset, quiet=True)
+        write(report, out_dir, preset, quiet=True, figure=figure)
         return report
 
-    bench.on_row = save
-    for seed in seeds:
-        # "ablation" runs on every seed; the other groups on the first extra_seeds.
-        extra = set(groups) if seed < settings["extra_seeds"] else set(groups) & {"ablation"}
-        run_seed(bench, seed, extra, overrides, only)
+    # JSON and Markdown after every row, so an interrupted run keeps what it measured; the
+    # figure (about a second to render) once, at the end or when the run stops early.
+    bench.on_row = lambda: save(figure=False)
+    try:
+        for seed in seeds:
+            # "ablation" runs on every seed; the other groups on the first extra_seeds.
+            extra = set(groups) if seed < settings["extra_seeds"] else set(groups) & {"ablation"}
+            run_seed(bench, seed, extra, overrides, only)
+    except BaseException:
+        if bench.rows:
+            save()
+        raise
     report = save()
     log(f"wrote {os.path.join(out_dir, preset)}.json, .md and _accuracy_vs_cost.png")
     return report

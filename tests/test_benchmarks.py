@@ -6,29 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 import bitat_keras as bk
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def eager():
-    """TensorFlow runs the train steps eagerly: a mini preset's row makes a dozen steps,
-    fewer than tracing its train step costs, and the graph path of every method is the
-    library tests' business (and that of the CLI run in a subprocess below)."""
-    if keras.backend.backend() != "tensorflow":
-        yield
-        return
-    import tensorflow as tf
-
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(before)
 
 
 def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
@@ -226,77 +209,6 @@ def test_own_models_results_meet_the_targets_and_render_as_committed():
             assert run["rows"]["bitat"]["test"] > 0.5 and run["rows"]["naive_ste"]["test"] > 0.5
             assert run["thresholded"] == ([] if name == "cnn_leaky" else run["binarized"])
     assert own_models.markdown(results) == (results_dir / "own_models.md").read_text()
-
-
-def test_premise_presets_mini(tmp_path, eager):
-    """The strong-teacher and low-data presets in their mini forms: the teacher trained
-    once (augmentation, AdamW, cosine decay) and cached; every binary row on the labelled
-    subset, at fractional budgets; naive STE with and without distillation; BiTAT's
-    transform ablation and its run on the larger subset; the premise goals."""
-    import harness
-    import paper_table
-
-    report = paper_table.run("lowdata_mini", str(tmp_path), groups=("ablation", "more_data"))
-    rows = report["rows"]
-    for method in ("naive_ste", "naive_ste_distill", "reactnet", "bitat_aggregated"):
-        for suffix in ("", "_0.5x"):
-            assert 0.0 <= rows[method + suffix]["accuracy_mean"] <= 1.0
-    # The subset: 96 images in batches of 32 -> 3 steps per epoch; 1x is 4 epochs.
-    assert rows["reactnet"]["steps"] == 12 and rows["naive_ste_distill_0.5x"]["steps"] == 6
-    assert rows["bitat_160_images"]["steps"] > rows["bitat_aggregated"]["steps"]
-    assert rows["bitat_none"]["v_parameters"]["used"] == 0
-    # The preset's BiTAT settings reach the main row and both of its variants.
-    for row in ("bitat_aggregated", "bitat_none", "bitat_160_images"):
-        config = rows[row]["per_seed"]["0"]["config"]
-        assert (
-            config["distillation"] == "all" and config["final_epochs"] > config["epochs_per_layer"]
-        )
-    assert rows["bitat_none"]["per_seed"]["0"]["config"]["transform"] == "none"
-    assert (
-        report["settings"]["bitat_overrides"] == harness.PRESETS["lowdata_mini"]["bitat_overrides"]
-    )
-    teacher = json.loads((tmp_path / "teachers" / "lowdata_mini_seed0.json").read_text())
-    fp = rows["full_precision"]["per_seed"]["0"]
-    assert fp["recipe"] == harness.PRESETS["lowdata_mini"]["teacher"]
-    assert fp["seconds"] == teacher["seconds"] and fp["accuracy"] == teacher["accuracy"]
-    goals = report["goals"]
-    assert "bitat_at_0.5x_or_less_at_least_reactnet_1x" in goals
-    assert "teacher_at_least_1.0_above_the_best_binary_row" in goals
-    assert "| naive_ste_distill_0.5x |" in (tmp_path / "lowdata_mini.md").read_text()
-    # A second seed reuses nothing of seed 0's teacher; seed 0 again reuses its cache.
-    again = paper_table.run("lowdata_mini", str(tmp_path), seeds=[0], groups=(), only=())
-    assert again["rows"]["full_precision"]["per_seed"]["0"]["seconds"] == teacher["seconds"]
-    # A seed run on its own (--out) with the shared teachers (--teachers), then merged in.
-    side = tmp_path / "seed1"
-    one = paper_table.run(
-        "lowdata_mini", str(side), seeds=[1], groups=(), only=("reactnet",), budgets=(1,),
-        teachers=str(tmp_path / "teachers"),
-    )  # fmt: skip
-    assert (tmp_path / "teachers" / "lowdata_mini_seed1.keras").is_file()
-    assert not (side / "teachers").exists()
-    merged = paper_table.merge("lowdata_mini", str(tmp_path), [str(side)])
-    per_seed = merged["rows"]["reactnet"]["per_seed"]
-    assert per_seed["1"] == one["rows"]["reactnet"]["per_seed"]["1"]
-    assert per_seed["0"] == again["rows"]["reactnet"]["per_seed"]["0"]
-    mean = np.mean([per_seed[s]["accuracy"] for s in ("0", "1")])
-    assert merged["rows"]["reactnet"]["accuracy_mean"] == pytest.approx(mean)
-    assert merged["rows"]["bitat_none"]["seeds"] == 1
-    assert {s for _, s, *_ in merged["curves"]["reactnet"]} == {0, 1}
-    assert merged["total_seconds"] == again["total_seconds"] + one["total_seconds"]
-    assert "seeds [1] merged from" in (tmp_path / "lowdata_mini.md").read_text()
-    assert json.loads((tmp_path / "lowdata_mini.json").read_text())["rows"] == merged["rows"]
-    # A report made with other preset settings is refused, naming both.
-    other = json.loads((side / "lowdata_mini.json").read_text())
-    other["settings"]["batch"] = 16
-    (side / "lowdata_mini.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="other preset settings"):
-        paper_table.merge("lowdata_mini", str(tmp_path), [str(side)])
-
-    strong = paper_table.run(
-        "cpu_strong_mini", str(tmp_path), groups=(), only=("reactnet",), budgets=(1,)
-    )
-    assert strong["train_size"] == 224 and strong["rows"]["reactnet"]["steps"] == 3 * 7
-    assert (tmp_path / "teachers" / "cpu_strong_mini_seed0.keras").is_file()
 
 
 def test_budget_helpers():
