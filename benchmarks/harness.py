@@ -320,7 +320,8 @@ class Bench:
 
     def q_values(self, fp, bnn):
         q = analysis.quantization_errors(fp, bnn, self.train[0][:256])
-        return {"q_orig": q["q_orig"], "q_ours": q["q_ours"]}
+        keys = ("q_orig", "q_ours", "q_orig_fit", "q_ours_fit", "signs_kept")
+        return {k: q[k] for k in keys}
 
     def bitat_config(self, seed, budget, layers, paper=False, **overrides):
         """BiTAT's defaults (or the paper's method settings) scaled to ``budget``."""

@@ -199,6 +199,9 @@ def row_means(per_row):
             "v_parameters": first.get("v_parameters"),
             "q_orig_mean": _mean(per_seed, "q_orig"),
             "q_ours_mean": _mean(per_seed, "q_ours"),
+            "q_orig_fit_mean": _mean(per_seed, "q_orig_fit"),
+            "q_ours_fit_mean": _mean(per_seed, "q_ours_fit"),
+            "signs_kept_mean": _mean(per_seed, "signs_kept"),
             "per_seed": {str(k): v for k, v in sorted(per_seed.items())},
         }
     return rows
@@ -396,21 +399,28 @@ def markdown(report):
         f"total wall time {report['total_seconds'] / 60:.1f} min.",
         "",
         "Test accuracy (validation accuracy chose every setting). Budgets: 1x is ReActNet's "
-        "time at its converged epoch count; `train s` is the measured wall time.",
+        "time at its converged epoch count; `train s` is the measured wall time. Q_orig and "
+        "Q_ours (Eq. 2, Eq. 6 without l1) compare the binary kernels, at the scale the layers "
+        "use, with the teacher's; `best scale` gives each output channel its least-squares "
+        "scale, so only the signs count; `signs kept`: the share of the teacher's weight "
+        "signs the binary kernels keep (`bk.analysis.quantization_errors`).",
         "",
         "| row | test acc. mean (min-max) | seeds | train s | steps | V used / full "
-        "| Q_orig | Q_ours |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Q_orig | Q_ours | Q_orig / Q_ours, best scale | signs kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in row_order(report["rows"]):
         row = report["rows"][name]
         v = row["v_parameters"]
         vtxt = f"{v['used']:,} / {v['full']:,} ({v['ratio']:.2%})" if v else "-"
         q = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+        kept = row.get("signs_kept_mean")
+        kept = "-" if kept is None else f"{kept:.1%}"
         lines.append(
             f"| {name} | {row['accuracy_mean']:.2%} ({row['accuracy_min']:.2%}-"
             f"{row['accuracy_max']:.2%}) | {row['seeds']} | {row['seconds_mean']:.0f} | "
-            f"{row['steps']} | {vtxt} | {q(row['q_orig_mean'])} | {q(row['q_ours_mean'])} |"
+            f"{row['steps']} | {vtxt} | {q(row['q_orig_mean'])} | {q(row['q_ours_mean'])} | "
+            f"{q(row.get('q_orig_fit_mean'))} / {q(row.get('q_ours_fit_mean'))} | {kept} |"
         )
     agg = report["rows"].get("bitat_aggregated", {}).get("per_seed", {}).get("0", {}).get("phases")
     if agg:

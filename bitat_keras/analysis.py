@@ -1,5 +1,13 @@
 """Analysis helpers of Sec. 7.4 / Fig. 8: Q_orig (Eq. 2), Q_ours (Eq. 6 without l1), and the
-size of V full vs aggregated (Sec. 4.2)."""
+size of V full vs aggregated (Sec. 4.2).
+
+Q_orig and Q_ours take the binary kernel as the layer uses it, alpha[o] * sign(w) with
+alpha[o] = mean|w[:, o]| of the *latent* weights, so they also grow or shrink with the latent
+weights' magnitude, which the network's function ignores when a BatchNorm follows the
+convolution. ``fit_scale=True`` measures only the signs: each output channel's scale is the
+least-squares one for that error (Eq. 6 minimises over every scaled binary kernel), and
+``signs_kept`` is the fraction of the pre-trained weights whose sign survived.
+"""
 
 import numpy as np
 from keras import ops
@@ -16,17 +24,55 @@ def _as_matrix(w):
     return w.reshape(-1, w.shape[-1])
 
 
-def q_orig(w_fp, w_q):
-    """Eq. 2's objective at the final binary weights: ||w_fp - w_q||_F^2."""
+def binary_signs(w):
+    """sign(w) in {-1, +1} (0 counts as +1, as the quantizers do)."""
+    return np.where(np.asarray(w, dtype=np.float64) >= 0, 1.0, -1.0)
+
+
+def signs_kept(w_fp, w_q):
+    """Fraction of the weights whose binary sign equals the pre-trained weight's sign."""
+    return float(np.mean(binary_signs(w_fp) == binary_signs(w_q)))
+
+
+def best_scale_error(target, binary):
+    """sum_o min_a ||target[:, o] - a * binary[:, o]||^2: the squared error left when every
+    column (output channel) of ``binary`` gets its least-squares scale
+    a[o] = <target[:, o], binary[:, o]> / ||binary[:, o]||^2 (a zero column keeps its error)."""
+    target, binary = _as_matrix(target), _as_matrix(binary)
+    norm = np.sum(binary**2, axis=0)
+    scale = np.divide(
+        np.sum(target * binary, axis=0), norm, out=np.zeros_like(norm), where=norm > 0
+    )
+    return float(np.sum((target - binary * scale) ** 2))
+
+
+def q_orig(w_fp, w_q, fit_scale=False):
+    """Eq. 2's objective at the final binary weights: ||w_fp - w_q||_F^2.
+
+    ``fit_scale``: w_q's signs with each output channel's least-squares scale instead of
+    w_q's own scale (see the module docstring).
+    """
+    if fit_scale:
+        return best_scale_error(w_fp, binary_signs(w_q))
     return float(np.sum((_as_matrix(w_fp) - _as_matrix(w_q)) ** 2))
 
 
-def q_ours(w_fp, w_q, s, v, ids=None):
-    """Eq. 6 without the l1 term: ||diag(s) V^T P (w_fp - w_q)||_F^2 (P = I if ids is None)."""
-    e = _as_matrix(w_fp) - _as_matrix(w_q)
-    if ids is not None:
-        e = transform.reduce_rows(e, ids, int(np.max(ids)) + 1)
-    return float(np.sum((np.asarray(s)[:, None] * (np.asarray(v).T @ e)) ** 2))
+def q_ours(w_fp, w_q, s, v, ids=None, fit_scale=False):
+    """Eq. 6 without the l1 term: ||diag(s) V^T P (w_fp - w_q)||_F^2 (P = I if ids is None).
+
+    ``fit_scale``: w_q's signs with each output channel's least-squares scale for this
+    weighted error, the minimum over scaled binary kernels with w_q's signs.
+    """
+
+    def weigh(m):  # diag(s) V^T P m
+        m = _as_matrix(m)
+        if ids is not None:
+            m = transform.reduce_rows(m, ids, int(np.max(ids)) + 1)
+        return np.asarray(s)[:, None] * (np.asarray(v).T @ m)
+
+    if fit_scale:
+        return best_scale_error(weigh(w_fp), weigh(binary_signs(w_q)))
+    return float(np.sum(weigh(_as_matrix(w_fp) - _as_matrix(w_q)) ** 2))
 
 
 def quantization_errors(fp_model, binary_model, images, *, max_rows=4096, seed=0):
@@ -41,7 +87,9 @@ def quantization_errors(fp_model, binary_model, images, *, max_rows=4096, seed=0
         images: a batch of inputs for the statistics.
 
     Returns:
-        ``{"layers": {name: {"q_orig", "q_ours", "ratio"}}, "q_orig", "q_ours", "ratio"}``.
+        ``{"layers": {name: {...}}, ...}``: per layer and summed over the layers, ``q_orig``,
+        ``q_ours``, their ``ratio``, the scale-free ``q_orig_fit`` and ``q_ours_fit``
+        (``fit_scale=True``), and ``signs_kept`` (the total: over all the layers' weights).
 
     Example:
         >>> errs = quantization_errors(fp, result.model, x[:256])  # doctest: +SKIP
@@ -57,14 +105,24 @@ def quantization_errors(fp_model, binary_model, images, *, max_rows=4096, seed=0
         w_fp = ops.convert_to_numpy(fp_layer.kernel)
         w_q = ops.convert_to_numpy(bin_layer.quantized_kernel())
         qo, qs = q_orig(w_fp, w_q), q_ours(w_fp, w_q, s, v)
-        layers[name] = {"q_orig": qo, "q_ours": qs, "ratio": qs / qo if qo else float("nan")}
-    total_o = sum(r["q_orig"] for r in layers.values())
-    total_s = sum(r["q_ours"] for r in layers.values())
+        layers[name] = {
+            "q_orig": qo,
+            "q_ours": qs,
+            "ratio": qs / qo if qo else float("nan"),
+            "q_orig_fit": q_orig(w_fp, w_q, fit_scale=True),
+            "q_ours_fit": q_ours(w_fp, w_q, s, v, fit_scale=True),
+            "signs_kept": signs_kept(w_fp, w_q),
+            "size": int(np.size(w_fp)),
+        }
+    total = {k: sum(r[k] for r in layers.values()) for k in ("q_orig", "q_ours")}
+    total.update({k: sum(r[k] for r in layers.values()) for k in ("q_orig_fit", "q_ours_fit")})
+    size = sum(r["size"] for r in layers.values())
+    kept = sum(r["signs_kept"] * r["size"] for r in layers.values())
     return {
         "layers": layers,
-        "q_orig": total_o,
-        "q_ours": total_s,
-        "ratio": total_s / total_o if total_o else float("nan"),
+        **total,
+        "ratio": total["q_ours"] / total["q_orig"] if total["q_orig"] else float("nan"),
+        "signs_kept": kept / size if size else float("nan"),
     }
 
 

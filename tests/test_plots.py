@@ -318,6 +318,24 @@ def oracle_errors(fp, binary, images):
     return out
 
 
+def test_quantization_errors_scale_free_measures(fitted, errors):
+    fp, result, _ = fitted
+    same = total = 0
+    for name in ("conv_a", "conv_b"):
+        layer = errors["layers"][name]
+        w = ops.convert_to_numpy(fp.get_layer(name).kernel)
+        wb = ops.convert_to_numpy(result.model.get_layer(name).kernel)
+        kept = np.mean((w >= 0) == (wb >= 0))
+        assert layer["signs_kept"] == pytest.approx(kept)
+        same, total = same + kept * w.size, total + w.size
+        # A least-squares scale per channel can only lower the error at the layer's scale.
+        assert layer["q_orig_fit"] <= layer["q_orig"] * (1 + 1e-9)
+        assert layer["q_ours_fit"] <= layer["q_ours"] * (1 + 1e-9)
+    assert errors["signs_kept"] == pytest.approx(same / total)
+    fits = [errors["layers"][n]["q_ours_fit"] for n in ("conv_a", "conv_b")]
+    assert errors["q_ours_fit"] == pytest.approx(sum(fits))
+
+
 def test_quantization_ratio_bars_equal_independent_errors(fitted, errors, tmp_path):
     fp, result, images = fitted
     oracle = oracle_errors(fp, result.model, images)

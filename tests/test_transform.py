@@ -206,6 +206,34 @@ def test_q_orig_and_q_ours_match_numpy():
     assert bk.analysis.q_ours(w, wq, np.ones(18), np.eye(18)) == pytest.approx(np.sum(e**2))
 
 
+def test_best_scale_errors_match_per_channel_least_squares():
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 3, 2, 4))
+    latent = w + rng.normal(scale=0.8, size=w.shape)  # some signs flip
+    wq = np.where(latent >= 0, 1.0, -1.0) * 5.0  # a scale far from the teacher's
+    s, v = rng.random(18), np.linalg.qr(rng.normal(size=(18, 18)))[0]
+    m = np.diag(s) @ v.T
+    b, e = np.sign(latent).reshape(18, 4), w.reshape(18, 4)
+    fit_orig = fit_ours = 0.0
+    for o in range(4):  # each channel's scale from numpy's least squares
+        a = np.linalg.lstsq(b[:, o : o + 1], e[:, o], rcond=None)[0]
+        fit_orig += np.sum((e[:, o] - a * b[:, o]) ** 2)
+        a = np.linalg.lstsq(m @ b[:, o : o + 1], m @ e[:, o], rcond=None)[0]
+        fit_ours += np.sum((m @ (e[:, o] - a * b[:, o])) ** 2)
+    assert bk.analysis.q_orig(w, wq, fit_scale=True) == pytest.approx(fit_orig)
+    assert bk.analysis.q_ours(w, wq, s, v, fit_scale=True) == pytest.approx(fit_ours)
+    # The fitted error does not depend on w_q's scale, and is at most the unfitted one.
+    assert bk.analysis.q_orig(w, wq / 50, fit_scale=True) == pytest.approx(fit_orig)
+    assert fit_orig < bk.analysis.q_orig(w, wq) and fit_ours < bk.analysis.q_ours(w, wq, s, v)
+    # Signs equal to the teacher's: the fitted Q_orig is the per-channel l1 identity.
+    exact = np.where(w >= 0, 1.0, -1.0)
+    expected = np.sum(e**2) - np.sum(np.abs(e).sum(axis=0) ** 2 / 18)
+    assert bk.analysis.q_orig(w, exact, fit_scale=True) == pytest.approx(expected)
+    assert bk.analysis.signs_kept(w, exact) == 1.0
+    assert bk.analysis.signs_kept(w, -exact) == 0.0
+    assert bk.analysis.signs_kept(w, wq) == pytest.approx(np.mean(np.sign(w) == np.sign(latent)))
+
+
 def test_v_parameter_count_of_mobilenet_is_aggregated_to_about_one_percent():
     counts = bk.analysis.v_parameter_count(bk.models.reactnet_mobilenet())
     assert counts["aggregated"] < 0.02 * counts["full"]
