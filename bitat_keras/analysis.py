@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from bitat_keras import transform
+from bitat_keras.callbacks import flip_rate
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import eligible_layers
 from bitat_keras.statistics import patch_rows
@@ -31,7 +32,7 @@ def binary_signs(w):
 
 def signs_kept(w_fp, w_q):
     """Fraction of the weights whose binary sign equals the pre-trained weight's sign."""
-    return float(np.mean(binary_signs(w_fp) == binary_signs(w_q)))
+    return 1.0 - flip_rate(np.asarray(w_fp) >= 0, np.asarray(w_q) >= 0)
 
 
 def best_scale_error(target, binary):
@@ -114,8 +115,10 @@ def quantization_errors(fp_model, binary_model, images, *, max_rows=4096, seed=0
             "signs_kept": signs_kept(w_fp, w_q),
             "size": int(np.size(w_fp)),
         }
-    total = {k: sum(r[k] for r in layers.values()) for k in ("q_orig", "q_ours")}
-    total.update({k: sum(r[k] for r in layers.values()) for k in ("q_orig_fit", "q_ours_fit")})
+    total = {
+        k: sum(r[k] for r in layers.values())
+        for k in ("q_orig", "q_ours", "q_orig_fit", "q_ours_fit")
+    }
     size = sum(r["size"] for r in layers.values())
     kept = sum(r["signs_kept"] * r["size"] for r in layers.values())
     return {
