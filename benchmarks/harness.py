@@ -6,6 +6,7 @@ from ``benchmarks/`` finds it beside itself)."""
 
 import json
 import os
+import platform
 import time
 
 import keras
@@ -194,6 +195,12 @@ def log(msg):
     print(f"[bench] {msg}", flush=True)
 
 
+def host():
+    """The machine a row's seconds were measured on: the kernel release, which tells this
+    project's hosts apart (their speeds differ about 2.3x), and the CPU count."""
+    return f"{platform.release()}, {os.cpu_count()} CPUs"
+
+
 def scaled_schedule(config, total_epochs, layers):
     """``config`` with its phase lengths scaled (same proportions) so that the whole run
     makes ``total_epochs`` epochs of optimizer steps: activations-first + L quantize +
@@ -273,7 +280,8 @@ class Bench:
             training.train_full_precision(
                 model, self.train, settings["fp_epochs"], settings["batch"], 0, settings["lr"]
             )
-            return model, {"seconds": time.perf_counter() - start, "epochs": settings["fp_epochs"]}
+            seconds = time.perf_counter() - start
+            return model, {"seconds": seconds, "epochs": settings["fp_epochs"], "host": host()}
         folder = self.teachers
         base = os.path.join(folder, f"{self.name}_seed{seed}")
         key = {"recipe": recipe, "augment": settings.get("augment"), "train": len(self.train[0])}
@@ -289,6 +297,7 @@ class Bench:
             "key": key,
             "backend": keras.backend.backend(),  # tensorflow: tf.data batches, else numpy
             "seconds": time.perf_counter() - start,
+            "host": host(),
             "epochs": recipe["epochs"],
             "accuracy": self.accuracy(model),
             "val_accuracy": self.accuracy(model, "val"),
@@ -308,6 +317,9 @@ class Bench:
         return training.accuracy(model, *(self.test if split == "test" else self.val))
 
     def add(self, row, seed, **values):
+        """Records one row of one seed; ``host`` (the machine that measured its seconds)
+        defaults to this one."""
+        values.setdefault("host", host())
         self.rows.setdefault(row, {})[seed] = values
         if self.on_row is not None:
             self.on_row()

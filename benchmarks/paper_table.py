@@ -64,6 +64,7 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
         seconds=record["seconds"],
         epochs=record["epochs"],
         recipe=settings.get("teacher"),
+        host=record.get("host"),  # a cached teacher's own host (None: cached before hosts)
     )
     images = settings.get("subset") or len(bench.train[0])
     steps_per_epoch = int(np.ceil(images / settings["batch"]))
@@ -422,6 +423,8 @@ def markdown(report):
             f"{row['steps']} | {vtxt} | {q(row['q_orig_mean'])} | {q(row['q_ours_mean'])} | "
             f"{q(row.get('q_orig_fit_mean'))} / {q(row.get('q_ours_fit_mean'))} | {kept} |"
         )
+    lines += ["", "## Seconds per seed, and the host that measured them", ""]
+    lines += seconds_markdown(report["rows"])
     agg = report["rows"].get("bitat_aggregated", {}).get("per_seed", {}).get("0", {}).get("phases")
     if agg:
         lines += ["", "## BiTAT seconds by kind of work (1x, seed 0)", ""]
@@ -436,6 +439,27 @@ def markdown(report):
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def seconds_markdown(rows):
+    """A table of each row's seconds by seed, with the host of each (rows recorded before
+    hosts were kept show none; the report's notes name them)."""
+    seeds = sorted({int(s) for row in rows.values() for s in row["per_seed"]})
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    for name in row_order(rows):
+        cells = []
+        for seed in seeds:
+            values = rows[name]["per_seed"].get(str(seed))
+            if values is None:
+                cells.append("-")
+                continue
+            where = f" ({values['host']})" if values.get("host") else ""
+            cells.append(f"{values['seconds']:.0f} s{where}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(report, path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,10 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
     assert deploy["lce_bconv2d_ops"] == deploy["binary_layers"] == 3
     assert deploy["latency_ms"]["lce_1t"]["median"] > 0
     assert "| bitat_aggregated |" in (tmp_path / "mini.md").read_text()
+    # Each row names the host that measured its seconds (hosts differ in speed).
+    host = f"{platform.release()}, {os.cpu_count()} CPUs"
+    assert rows["reactnet"]["per_seed"]["0"]["host"] == host
+    assert f"s ({host}) |" in (tmp_path / "mini.md").read_text()
     assert (tmp_path / "mini_accuracy_vs_cost.png").stat().st_size > 1000
     # A second seed merges into the same report instead of replacing it.
     import harness
