@@ -197,7 +197,8 @@ def log(msg):
 
 def host():
     """The machine a row's seconds were measured on: the kernel release, which tells this
-    project's hosts apart (their speeds differ about 2.3x), and the CPU count."""
+    project's kinds of host apart (their speeds differ about 2.3x; one kind's by up to 1.5x
+    between sessions), and the CPU count."""
     return f"{platform.release()}, {os.cpu_count()} CPUs"
 
 
