@@ -502,7 +502,22 @@ def plot(report, path):
     ax.set_ylabel("test accuracy (%)")
     points = [p for curve in report["curves"].values() for p in curve]
     budgets = "/".join(f"{b:g}x" for b in sorted({p[0] for p in points}))
-    ax.set_title(f"Accuracy vs wall time ({report['preset']} preset, {budgets}; means and seeds)")
+    ax.set_title(f"Accuracy vs wall time\n({report['preset']} preset, {budgets}; means and seeds)")
+    hosts = {
+        values["host"]
+        for name, row in report["rows"].items()
+        if name != "full_precision"
+        for values in row["per_seed"].values()
+        if values.get("host")
+    }
+    if len(hosts) > 1:  # seconds from other machines do not compare one to one
+        ax.annotate(
+            f"seconds from {len(hosts)} hosts; per seed and host in the report's seconds table",
+            (0.01, 0.01),
+            xycoords="figure fraction",
+            fontsize=7,
+            color="gray",
+        )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
