@@ -94,7 +94,8 @@ PRESETS = {
 # epochs chosen on the validation split); the binary rows train on the same augmented
 # batches. `lowdata`: little labelled data: the teacher trained on every training image but
 # the validation split; every binary row sees only `subset` labelled images (BiTAT once
-# more at `subset_extra`); budgets are multiples of ReActNet's converged time on the subset.
+# more at `subset_extra`, in the steps of its 1x row); budgets are multiples of ReActNet's
+# converged time on the subset.
 PRESETS["cpu_strong"] = {
     **{k: v for k, v in PRESETS["cpu"].items() if k not in ("fp_epochs", "lr")},
     # The teacher's epochs on the validation split (seed 0): 30 epochs 92.06 %, 60 epochs
@@ -336,8 +337,11 @@ class Bench:
         keys = ("q_orig", "q_ours", "q_orig_fit", "q_ours_fit", "signs_kept")
         return {k: q[k] for k in keys}
 
-    def bitat_config(self, seed, budget, layers, paper=False, **overrides):
-        """BiTAT's defaults (or the paper's method settings) scaled to ``budget``."""
+    def bitat_config(self, seed, budget, layers, paper=False, size=None, **overrides):
+        """BiTAT's defaults (or the paper's method settings) scaled to ``budget``. On
+        ``size`` images instead of the preset's subset the epochs shrink in proportion, so
+        the run makes the optimizer steps (and takes the time) of ``budget`` on the subset:
+        the same time budget, more labelled images."""
         settings = self.settings
         base = bk.BiTATConfig.paper() if paper else bk.BiTATConfig()
         base = bk.BiTATConfig(**{**base.to_dict(), **overrides})
@@ -345,12 +349,15 @@ class Bench:
         fields.update(
             batch_size=settings["batch"], groups=settings["groups"], stats_images=256, seed=seed
         )
-        fields.update(scaled_schedule(base, budget * settings["epochs"], layers))
+        epochs = budget * settings["epochs"]
+        if size and settings.get("subset"):
+            epochs *= settings["subset"] / size
+        fields.update(scaled_schedule(base, epochs, layers))
         return bk.BiTATConfig(**fields)
 
     def bitat(self, fp, seed, budget, paper=False, validate=False, size=None, **overrides):
         layers = len(bk.models.eligible_layers(fp))
-        config = self.bitat_config(seed, budget, layers, paper, **overrides)
+        config = self.bitat_config(seed, budget, layers, paper, size, **overrides)
         keras.utils.set_random_seed(seed)
         return bk.progressive_fit(
             fp,

@@ -21,7 +21,10 @@ def test_lowdata_mini(tmp_path, eager):
             assert 0.0 <= rows[method + suffix]["accuracy_mean"] <= 1.0
     # The subset: 96 images in batches of 32 -> 3 steps per epoch; 1x is 4 epochs.
     assert rows["reactnet"]["steps"] == 12 and rows["naive_ste_distill_0.5x"]["steps"] == 6
-    assert rows["bitat_160_images"]["steps"] > rows["bitat_aggregated"]["steps"]
+    # The larger subset in the 1x row's time: fewer epochs, the same steps (give or take
+    # the rounding of each of BiTAT's phases to whole steps).
+    more, main = rows["bitat_160_images"]["steps"], rows["bitat_aggregated"]["steps"]
+    assert abs(more - main) <= 4, (more, main)
     assert rows["bitat_none"]["v_parameters"]["used"] == 0
     # The preset's BiTAT settings reach the main row and both of its variants.
     for row in ("bitat_aggregated", "bitat_none", "bitat_160_images"):
