@@ -611,7 +611,8 @@ def main(argv=None):
         "--groups",
         default="budget4,extra,deploy",
         help="rows beyond the main ones (comma list of budget4, extra, deploy; the premise "
-        "presets: ablation (bitat_none on every seed), more_data (BiTAT on subset_extra, in the 1x row's steps))",
+        "presets: ablation (bitat_none on every seed), more_data (BiTAT on subset_extra, "
+        "in the 1x row's steps))",
     )
     parser.add_argument("--budgets", default=None, help="comma list, e.g. 0.25,0.5,1,2")
     parser.add_argument(
