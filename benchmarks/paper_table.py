@@ -72,28 +72,11 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
         if budget == 4 and "budget4" not in groups:
             continue
         epochs = budget_epochs(budget, settings["epochs"])
-        for name, method in BASELINES.items():
+        for name in BASELINES:
             if name not in only or name not in settings["baseline_lr"]:
                 continue
-            keras.utils.set_random_seed(seed)
-            bnn, seconds = method(
-                fp,
-                bench.binarization_data(seed),  # per row: the same batches whatever ran before
-                epochs=epochs,
-                learning_rate=settings["baseline_lr"][name],
-                batch_size=settings["batch"],
-            )
-            acc = bench.accuracy(bnn)
-            bench.add(
-                name + budget_name(budget),
-                seed,
-                accuracy=acc,
-                val_accuracy=bench.accuracy(bnn, "val"),
-                seconds=seconds,
-                budget=budget,
-                steps=epochs * steps_per_epoch,
-                learning_rate=settings["baseline_lr"][name],
-                **bench.q_values(fp, bnn),
+            acc, seconds = baseline_row(
+                bench, name + budget_name(budget), name, fp, seed, epochs, budget, steps_per_epoch
             )
             bench.curves[name].append((budget, seed, seconds, acc))
         if "bitat" not in only:
@@ -121,9 +104,43 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
             )
     if "ablation" in groups:  # the transform ablation of the premise presets (every seed)
         bench.bitat_row("bitat_none", fp, seed, 1, **{**overrides, "transform": "none"})
-    if "more_data" in groups and settings.get("subset_extra"):
-        size = settings["subset_extra"]
+    size = settings.get("subset_extra")
+    if "more_data" in groups and size:
         bench.bitat_row(f"bitat_{size}_images", fp, seed, 1, size=size, **overrides)
+    for name in BASELINES:  # a baseline on subset_extra, in its 1x row's steps
+        if f"more_data_{name}" in groups and size and name in settings["baseline_lr"]:
+            epochs = budget_epochs(settings["subset"] / size, settings["epochs"])
+            steps_per_epoch = int(np.ceil(size / settings["batch"]))
+            row = f"{name}_{size}_images"
+            baseline_row(bench, row, name, fp, seed, epochs, 1, steps_per_epoch, size)
+
+
+def baseline_row(bench, row, name, fp, seed, epochs, budget, steps_per_epoch, size=None):
+    """Trains baseline ``name`` from ``fp`` for ``epochs`` on the preset's binarization
+    data (``size`` images instead of its subset) and adds it to the report as ``row``;
+    returns its test accuracy and seconds."""
+    settings = bench.settings
+    keras.utils.set_random_seed(seed)
+    bnn, seconds = BASELINES[name](
+        fp,
+        bench.binarization_data(seed, size),  # per row: the same batches whatever ran before
+        epochs=epochs,
+        learning_rate=settings["baseline_lr"][name],
+        batch_size=settings["batch"],
+    )
+    acc = bench.accuracy(bnn)
+    bench.add(
+        row,
+        seed,
+        accuracy=acc,
+        val_accuracy=bench.accuracy(bnn, "val"),
+        seconds=seconds,
+        budget=budget,
+        steps=epochs * steps_per_epoch,
+        learning_rate=settings["baseline_lr"][name],
+        **bench.q_values(fp, bnn),
+    )
+    return acc, seconds
 
 
 def slim_history(history):
@@ -468,7 +485,7 @@ def plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(6.5, 5.0), layout="constrained")
     labels = {
         "naive_ste": ("naive STE", "^"),
         "naive_ste_distill": ("naive STE, teacher's distribution", "v"),
@@ -498,7 +515,6 @@ def plot(report, path):
         ls="--",
         label="full precision",
     )
-    ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
     points = [p for curve in report["curves"].values() for p in curve]
     budgets = "/".join(f"{b:g}x" for b in sorted({p[0] for p in points}))
@@ -510,16 +526,10 @@ def plot(report, path):
         for values in row["per_seed"].values()
         if values.get("host")
     }
-    if len(hosts) > 1:  # seconds from other machines do not compare one to one
-        ax.annotate(
-            f"seconds from {len(hosts)} hosts; per seed and host in the report's seconds table",
-            (0.01, 0.01),
-            xycoords="figure fraction",
-            fontsize=7,
-            color="gray",
-        )
-    ax.legend()
-    fig.tight_layout()
+    # Seconds from other machines do not compare one to one: say so under the axis.
+    where = f"; {len(hosts)} hosts, per seed in the report" if len(hosts) > 1 else ""
+    ax.set_xlabel(f"training wall time (s{where})")
+    fig.legend(loc="outside lower center", ncol=2, fontsize="small")  # below: never on a curve
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -612,7 +622,8 @@ def main(argv=None):
         default="budget4,extra,deploy",
         help="rows beyond the main ones (comma list of budget4, extra, deploy; the premise "
         "presets: ablation (bitat_none on every seed), more_data (BiTAT on subset_extra, "
-        "in the 1x row's steps))",
+        "in the 1x row's steps), more_data_<baseline> (that baseline the same way, e.g. "
+        "more_data_reactnet))",
     )
     parser.add_argument("--budgets", default=None, help="comma list, e.g. 0.25,0.5,1,2")
     parser.add_argument(

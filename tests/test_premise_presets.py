@@ -12,9 +12,10 @@ import pytest
 def test_lowdata_mini(tmp_path, eager):
     """The teacher trained once (augmentation, AdamW, cosine decay) and cached; every binary
     row on the labelled subset, at fractional budgets; naive STE with and without
-    distillation; BiTAT's transform ablation and its run on the larger subset; the premise
-    goals; a second seed run on its own and merged in."""
-    report = paper_table.run("lowdata_mini", str(tmp_path), groups=("ablation", "more_data"))
+    distillation; BiTAT's transform ablation; BiTAT and ReActNet on the larger subset; the
+    premise goals; a second seed run on its own and merged in."""
+    groups = ("ablation", "more_data", "more_data_reactnet")
+    report = paper_table.run("lowdata_mini", str(tmp_path), groups=groups)
     rows = report["rows"]
     for method in ("naive_ste", "naive_ste_distill", "reactnet", "bitat_aggregated"):
         for suffix in ("", "_0.5x"):
@@ -25,6 +26,9 @@ def test_lowdata_mini(tmp_path, eager):
     # the rounding of each of BiTAT's phases to whole steps).
     more, main = rows["bitat_160_images"]["steps"], rows["bitat_aggregated"]["steps"]
     assert abs(more - main) <= 4, (more, main)
+    # ReActNet there too: 160 images -> 5 steps per epoch, 4 * 96 / 160 -> 2 epochs.
+    assert rows["reactnet_160_images"]["steps"] == 10
+    assert "reactnet_160_images" not in report["curves"]  # not a point of ReActNet's curve
     assert rows["bitat_none"]["v_parameters"]["used"] == 0
     # The preset's BiTAT settings reach the main row and both of its variants.
     for row in ("bitat_aggregated", "bitat_none", "bitat_160_images"):
