@@ -66,8 +66,6 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
         recipe=settings.get("teacher"),
         host=record.get("host"),  # a cached teacher's own host (None: cached before hosts)
     )
-    images = settings.get("subset") or len(bench.train[0])
-    steps_per_epoch = int(np.ceil(images / settings["batch"]))
     for budget in settings["budgets"]:
         if budget == 4 and "budget4" not in groups:
             continue
@@ -76,7 +74,7 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
             if name not in only or name not in settings["baseline_lr"]:
                 continue
             acc, seconds = baseline_row(
-                bench, name + budget_name(budget), name, fp, seed, epochs, budget, steps_per_epoch
+                bench, name + budget_name(budget), name, fp, seed, epochs, budget
             )
             bench.curves[name].append((budget, seed, seconds, acc))
         if "bitat" not in only:
@@ -110,16 +108,17 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
     for name in BASELINES:  # a baseline on subset_extra, in its 1x row's steps
         if f"more_data_{name}" in groups and size and name in settings["baseline_lr"]:
             epochs = budget_epochs(settings["subset"] / size, settings["epochs"])
-            steps_per_epoch = int(np.ceil(size / settings["batch"]))
             row = f"{name}_{size}_images"
-            baseline_row(bench, row, name, fp, seed, epochs, 1, steps_per_epoch, size)
+            baseline_row(bench, row, name, fp, seed, epochs, 1, size)
 
 
-def baseline_row(bench, row, name, fp, seed, epochs, budget, steps_per_epoch, size=None):
+def baseline_row(bench, row, name, fp, seed, epochs, budget, size=None):
     """Trains baseline ``name`` from ``fp`` for ``epochs`` on the preset's binarization
     data (``size`` images instead of its subset) and adds it to the report as ``row``;
     returns its test accuracy and seconds."""
     settings = bench.settings
+    images = size or settings.get("subset") or len(bench.train[0])
+    steps_per_epoch = int(np.ceil(images / settings["batch"]))
     keras.utils.set_random_seed(seed)
     bnn, seconds = BASELINES[name](
         fp,
