@@ -386,3 +386,34 @@ def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_
         assert argv[argv.index("--preset") + 1] == teacher[0]
         assert int(argv[argv.index("--seed") + 1]) == teacher[1]
     assert all(a[a.index("--budgets") + 1] == "0.5" for _, a in rows[-8:])
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu_strong", "lowdata", "full"])
+def test_committed_paper_tables_agree_with_their_seeds_and_render_as_committed(preset):
+    """A committed report's row means are the means of its per-seed results, its goals are
+    the current rules applied to them, its cached teachers are the seeds' FP rows, and its
+    Markdown is what the report renders to (so hand edits and stale files show up)."""
+    import paper_table
+
+    results = ROOT / "benchmarks" / "results"
+    report = json.loads((results / f"{preset}.json").read_text())
+    for name, row in report["rows"].items():
+        seeds = row["per_seed"].values()
+        accs = np.array([s["accuracy"] for s in seeds])
+        assert ((accs > 0.1) & (accs <= 1.0)).all(), name  # above 10-class chance
+        assert all(s["seconds"] > 0 for s in seeds), name
+        assert row["seeds"] == len(accs), name
+        np.testing.assert_allclose(row["accuracy_mean"], accs.mean(), err_msg=name)
+        np.testing.assert_allclose(
+            [row["accuracy_min"], row["accuracy_max"]], [accs.min(), accs.max()], err_msg=name
+        )
+    assert report["goals"] == paper_table.goals(report["rows"], report["settings"])
+    for seed, fp in report["rows"]["full_precision"]["per_seed"].items():
+        cached = results / "teachers" / f"{preset}_seed{seed}.json"
+        if cached.exists():
+            teacher = json.loads(cached.read_text())
+            assert (teacher["accuracy"], teacher["val_accuracy"]) == (
+                fp["accuracy"],
+                fp["val_accuracy"],
+            )
+    assert paper_table.markdown(report) == (results / f"{preset}.md").read_text()
