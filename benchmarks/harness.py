@@ -192,6 +192,12 @@ def balanced_subset(y, size, seed):
     return np.sort(np.asarray(order[:size]))
 
 
+def teacher_path(folder, preset, seed):
+    """The cached teacher of ``preset`` and ``seed`` in ``folder``, without its extension
+    (``.keras`` holds the model, ``.json`` its recipe and accuracies)."""
+    return os.path.join(folder, f"{preset}_seed{seed}")
+
+
 def log(msg):
     print(f"[bench] {msg}", flush=True)
 
@@ -285,7 +291,7 @@ class Bench:
             seconds = time.perf_counter() - start
             return model, {"seconds": seconds, "epochs": settings["fp_epochs"], "host": host()}
         folder = self.teachers
-        base = os.path.join(folder, f"{self.name}_seed{seed}")
+        base = teacher_path(folder, self.name, seed)
         key = {"recipe": recipe, "augment": settings.get("augment"), "train": len(self.train[0])}
         if os.path.exists(base + ".json") and os.path.exists(base + ".keras"):
             with open(base + ".json") as f:
