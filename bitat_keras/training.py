@@ -2,6 +2,8 @@
 the linear-decay Adam schedule, the jit choice, BatchNorm re-estimation, accuracy and the
 task loss."""
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -40,11 +42,15 @@ def task_loss():
 def call_model(model, x, training=False):
     """``model(x)``, with ``x`` wrapped in a list for a functional model built on a list of
     one input (``keras.Model([inp], out)``: Keras warns when it gets a bare tensor)."""
+    return model(_as_inputs(model, x), training=training)
+
+
+def _as_inputs(model, x):
     try:
         as_list = isinstance(model.input, list | tuple)
     except (AttributeError, ValueError):  # a Sequential model never called
         as_list = False
-    return model([x] if as_list else x, training=training)
+    return [x] if as_list else x
 
 
 def compile_result(model, loss=None):
@@ -62,7 +68,8 @@ def recalibrate_batchnorm(net, batches, layers=None):
 
     Short training phases leave the moving statistics behind the weights (BatchNorm's
     momentum 0.99 needs hundreds of steps), so inference-mode accuracy lags training-mode
-    accuracy until the statistics are re-estimated.
+    accuracy until the statistics are re-estimated. Under JAX (on one device) the forward
+    passes run jitted, compiled once per network; elsewhere eagerly.
 
     Args:
         net: the model.
@@ -84,13 +91,59 @@ def recalibrate_batchnorm(net, batches, layers=None):
     momenta = [bn.momentum for bn in bns]
     count = 0
     try:
-        for count, x in enumerate(batches, start=1):
+        if jit_compile() and keras.distribution.distribution() is None:
             for bn in bns:
-                bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
-            call_model(net, x, training=True)
+                bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
+            count = _average_batch_statistics(net, bns, batches)
+        else:
+            for count, x in enumerate(batches, start=1):
+                for bn in bns:
+                    bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
+                call_model(net, x, training=True)
     finally:
         for bn, m in zip(bns, momenta, strict=True):
             bn.momentum = m
+    return count
+
+
+_STATISTICS_FORWARD = weakref.WeakKeyDictionary()  # net -> {BatchNorms: jitted forward}
+
+
+def _average_batch_statistics(net, bns, batches):
+    """Under JAX: one jitted forward per batch (compiled once per network, set of BatchNorms
+    and input shape, instead of dispatching every operation eagerly), traced with the
+    momentum of ``bns`` at 0, so that each forward returns the batch's mean and variance;
+    their running mean over the batches is assigned at the end, as the eager loop computes
+    it."""
+    import jax
+
+    compiled = _STATISTICS_FORWARD.setdefault(net, {})
+    key = tuple(id(bn) for bn in bns)
+    if key not in compiled:
+
+        def updated(trainable, non_trainable, x):
+            inputs = _as_inputs(net, x)
+            _, non_trainable = net.stateless_call(trainable, non_trainable, inputs, training=True)
+            return non_trainable
+
+        compiled[key] = jax.jit(updated)
+    forward = compiled[key]
+    position = {id(v): i for i, v in enumerate(net.non_trainable_variables)}
+    targets = [v for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
+    count, means = 0, None
+    for count, x in enumerate(batches, start=1):
+        values = forward(
+            [v.value for v in net.trainable_variables],
+            [v.value for v in net.non_trainable_variables],
+            x,
+        )
+        batch = [values[position[id(v)]] for v in targets]
+        if means is None:
+            means = batch
+        else:  # running mean: m + (b - m) / count
+            means = [m + (b - m) / count for m, b in zip(means, batch, strict=True)]
+    for v, m in zip(targets, means or [], strict=True):
+        v.assign(m)
     return count
 
 

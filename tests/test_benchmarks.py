@@ -274,6 +274,33 @@ def test_memory_script_records_rss_of_every_phase(tmp_path):
     assert (tmp_path / "memory_mini.png").stat().st_size > 1000
 
 
+def test_batchnorm_time_script_compares_eager_and_jitted_reestimation(tmp_path):
+    """benchmarks/batchnorm_time.py --mini under JAX: both paths timed on every call, and
+    they give the same moving statistics."""
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "batchnorm_time.py"), "--mini", "--calls", "3"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "batchnorm_time_mini.json").read_text())
+    (row,) = report["rows"]
+    assert row["network"] == "mini" and row["batchnorms"] >= 2
+    for path in ("eager", "jit"):
+        seconds = row[path]["seconds"]
+        assert len(seconds) == 3 and min(seconds) > 0
+        assert row[path]["later"] == pytest.approx(np.mean(seconds[1:]))
+    assert row["max_relative_difference"] < 1e-4
+    text = (tmp_path / "batchnorm_time_mini.md").read_text()
+    assert "| mini |" in text and "jax" in text
+    assert (tmp_path / "batchnorm_time_mini.png").stat().st_size > 1000
+
+
 def test_converge_keeps_other_learning_rates_points(tmp_path):
     """A run at a new learning rate starts its own points and keeps the old ones below them;
     returning to a learning rate resumes its points."""

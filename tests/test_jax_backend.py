@@ -71,6 +71,31 @@ SCRIPT = textwrap.dedent(
     assert np.isfinite(baselines.accuracy(augmented, x, y))
     print("AUGMENTED-OK")
 
+    # BatchNorm re-estimation (jitted under JAX) against numpy and the eager definition.
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.BatchNormalization(name="bn_in")(inp)
+    h = keras.layers.Conv2D(4, 3, name="conv")(h)
+    h = keras.layers.BatchNormalization(name="bn_conv")(h)
+    net = keras.Model(inp, keras.layers.ReLU()(h))
+    chunks = [x[i : i + 16] for i in range(0, 64, 16)]
+    assert bk.training.recalibrate_batchnorm(net, chunks) == 4
+    bn_in, bn_conv = net.get_layer("bn_in"), net.get_layer("bn_conv")
+    assert bn_in.momentum == bn_conv.momentum == 0.99
+    mean = np.mean([c.mean() for c in chunks])  # one channel: mean of the batch means
+    var = np.mean([c.var() for c in chunks])
+    np.testing.assert_allclose(ops.convert_to_numpy(bn_in.moving_mean), [mean], rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(bn_in.moving_variance), [var], rtol=1e-5)
+    got = ops.convert_to_numpy(bn_conv.moving_variance)
+    for count, c in enumerate(chunks, start=1):  # the eager definition: a running mean
+        for bn in (bn_in, bn_conv):
+            bn.momentum = (count - 1) / count
+        net(c, training=True)
+    np.testing.assert_allclose(got, ops.convert_to_numpy(bn_conv.moving_variance), rtol=1e-4)
+    before = ops.convert_to_numpy(bn_in.moving_mean)  # a subset leaves the others alone
+    bk.training.recalibrate_batchnorm(net, chunks[:1], layers=[bn_conv])
+    np.testing.assert_array_equal(ops.convert_to_numpy(bn_in.moving_mean), before)
+    print("BATCHNORM-OK")
+
     config = bk.BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8,
                             stats_images=32, stats_rows=256, bn_recalibration_batches=2)
     result = bk.progressive_fit(fp, (x, y), config=config, verbose=0)
@@ -121,6 +146,13 @@ def test_augmented_batches_under_jax_without_tensorflow(jax_run):
     """augmented_batches falls back to its numpy pipeline, and the baselines train on it."""
     _, out = jax_run
     assert "AUGMENTED-OK" in out
+
+
+def test_batchnorm_reestimation_under_jax_matches_numpy_and_the_eager_loop(jax_run):
+    """The jitted re-estimation gives each BatchNorm the mean of its batch statistics: the
+    first one's against numpy, the one after a conv's against the eager running mean."""
+    _, out = jax_run
+    assert "BATCHNORM-OK" in out
 
 
 def test_progressive_fit_under_jax_without_tensorflow(jax_run):

@@ -1,0 +1,194 @@
+"""Seconds of one BatchNorm re-estimation (``bk.training.recalibrate_batchnorm``, which
+``progressive_fit`` runs after every phase) under JAX: eager forward passes against the
+jitted forward, on the benchmark presets' networks.
+
+    KERAS_BACKEND=jax python benchmarks/batchnorm_time.py            # cpu and full networks
+    KERAS_BACKEND=jax python benchmarks/batchnorm_time.py --mini --out /tmp/b   # seconds
+
+For each network, ``--calls`` re-estimations of ``bn_recalibration_batches`` (20) batches of
+the preset's batch size (random images: the time does not depend on the values), first with
+the eager loop (``training.jit_compile`` patched to False for the call, the path every other
+backend takes), then jitted. The first call of each includes its compilation (JAX compiles
+each eager operation on its first use too); the later ones are what each further phase costs.
+The two paths' moving statistics are compared after the last call. Writes
+``batchnorm_time.json``, ``.md`` and ``.png`` to ``--out``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+
+import bitat_keras as bk
+from bitat_keras import training
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import harness  # noqa: E402  (beside this script)
+
+BATCHES = 20  # BiTATConfig().bn_recalibration_batches
+
+
+def networks(mini):
+    """(name, model, batch size) of each network measured."""
+    if mini:
+        model = bk.models.reactnet_mobilenet(
+            (28, 28, 1), num_classes=10, width_multiplier=0.25, blocks=[(32, 1)]
+        )
+        return [("mini", model, 16)]
+    out = []
+    for preset in ("cpu", "full"):
+        s = harness.PRESETS[preset]
+        model = bk.models.reactnet_mobilenet(
+            (28, 28, 1),
+            num_classes=10,
+            width_multiplier=s["width"],
+            blocks=s["blocks"],
+            stem_strides=s["stem_strides"],
+        )
+        out.append((preset, model, s["batch"]))
+    return out
+
+
+def moving_statistics(model):
+    return [
+        keras.ops.convert_to_numpy(v)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def time_calls(model, batches, calls, jitted):
+    """Seconds of each of ``calls`` re-estimations, and the moving statistics after them."""
+    patched = training.jit_compile
+    if not jitted:
+        training.jit_compile = lambda: False
+    try:
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            assert training.recalibrate_batchnorm(model, batches) == len(batches)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        training.jit_compile = patched
+    return seconds, moving_statistics(model)
+
+
+def measure(name, model, batch, calls, seed):
+    rng = np.random.default_rng(seed)
+    batches = [rng.random((batch, 28, 28, 1), dtype="float32") for _ in range(BATCHES)]
+    bns = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    row = {"network": name, "batch": batch, "batchnorms": bns, "params": model.count_params()}
+    for path, jitted in (("eager", False), ("jit", True)):
+        seconds, stats = time_calls(model, batches, calls, jitted)
+        row[path] = {"seconds": seconds, "first": seconds[0], "later": float(np.mean(seconds[1:]))}
+        row[f"{path}_stats"] = stats
+    diffs = [
+        float(np.max(np.abs(a - b) / (np.abs(a) + 1e-3)))
+        for a, b in zip(row.pop("eager_stats"), row.pop("jit_stats"), strict=True)
+    ]
+    row["max_relative_difference"] = max(diffs)
+    row["speedup_later"] = row["eager"]["later"] / row["jit"]["later"]
+    print(
+        f"[batchnorm] {name}: eager {row['eager']['first']:.2f} s first, "
+        f"{row['eager']['later']:.3f} s later; jit {row['jit']['first']:.2f} s first, "
+        f"{row['jit']['later']:.3f} s later; statistics differ by "
+        f"{row['max_relative_difference']:.1e}",
+        flush=True,
+    )
+    return row
+
+
+def markdown(report):
+    lines = [
+        "# BatchNorm re-estimation: eager against jitted (JAX)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Backend: {report['backend']} (Keras {report['keras']}, JAX {report['jax']}); "
+        f"machine: {report['machine']}.",
+        "",
+        f"Seconds of one `recalibrate_batchnorm` call ({BATCHES} batches of random images, "
+        "training-mode forward passes); `first` includes compilation, `later` is the mean of "
+        f"the other {report['calls'] - 1} calls, what every further phase of `progressive_fit` "
+        "pays. `difference`: the largest relative difference between the two paths' moving "
+        "statistics.",
+        "",
+        "| network | params | BatchNorms | batch | eager first | eager later | jit first | "
+        "jit later | later speed-up | difference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['network']} | {r['params']:,} | {r['batchnorms']} | {r['batch']} | "
+            f"{r['eager']['first']:.2f} | {r['eager']['later']:.3f} | {r['jit']['first']:.2f} | "
+            f"{r['jit']['later']:.3f} | {r['speedup_later']:.1f}x | "
+            f"{r['max_relative_difference']:.0e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], rows, strict=True):
+        for path_name, marker in (("eager", "o"), ("jit", "s")):
+            seconds = r[path_name]["seconds"]
+            ax.plot(range(1, len(seconds) + 1), seconds, marker=marker, label=path_name)
+        ax.set_yscale("log")
+        ax.set_xlabel("call")
+        ax.set_ylabel("seconds per re-estimation")
+        ax.set_title(f"{r['network']} network, batch {r['batch']}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mini", action="store_true", help="one small network: seconds")
+    parser.add_argument("--calls", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args(argv)
+    if keras.backend.backend() != "jax":
+        parser.error(f"run with KERAS_BACKEND=jax (this process has {keras.backend.backend()!r})")
+    if args.calls < 2:
+        parser.error(f"--calls must be at least 2 (first and later calls), got {args.calls}")
+    import jax
+
+    keras.utils.set_random_seed(args.seed)
+    rows = [measure(*net, args.calls, args.seed) for net in networks(args.mini)]
+    report = {
+        "command": "KERAS_BACKEND=jax python benchmarks/batchnorm_time.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "jax": jax.__version__,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}",
+        "calls": args.calls,
+        "rows": rows,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "batchnorm_time" + ("_mini" if args.mini else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(report))
+    plot(report, stem + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
