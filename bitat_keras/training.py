@@ -120,10 +120,13 @@ def _average_batch_statistics(net, bns, batches):
     compiled = _STATISTICS_FORWARD.setdefault(net, {})
     key = tuple(id(bn) for bn in bns)
     if key not in compiled:
+        model = weakref.ref(net)  # the cache must not keep the network alive
 
         def updated(trainable, non_trainable, x):
-            inputs = _as_inputs(net, x)
-            _, non_trainable = net.stateless_call(trainable, non_trainable, inputs, training=True)
+            inputs = _as_inputs(model(), x)
+            _, non_trainable = model().stateless_call(
+                trainable, non_trainable, inputs, training=True
+            )
             return non_trainable
 
         compiled[key] = jax.jit(updated)

@@ -26,8 +26,10 @@ import bitat_keras as bk
 
 SCRIPT = textwrap.dedent(
     """
+    import gc
     import json
     import sys
+    import weakref
 
     class NoTensorFlow:  # makes `import tensorflow` fail, as if it were not installed
         def find_spec(self, name, path=None, target=None):
@@ -94,6 +96,10 @@ SCRIPT = textwrap.dedent(
     before = ops.convert_to_numpy(bn_in.moving_mean)  # a subset leaves the others alone
     bk.training.recalibrate_batchnorm(net, chunks[:1], layers=[bn_conv])
     np.testing.assert_array_equal(ops.convert_to_numpy(bn_in.moving_mean), before)
+    alive = weakref.ref(net)  # the compiled forward does not keep the network alive
+    del net, bn_in, bn_conv
+    gc.collect()
+    assert alive() is None, "the network outlived its last reference"
     print("BATCHNORM-OK")
 
     config = bk.BiTATConfig(epochs_per_layer=1, finetune_epochs=1, batch_size=32, groups=8,
