@@ -171,8 +171,10 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     rows = [measure(*net, args.calls, args.seed) for net in networks(args.mini)]
     report = {
-        "command": "KERAS_BACKEND=jax python benchmarks/batchnorm_time.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(
+            ["KERAS_BACKEND=jax python benchmarks/batchnorm_time.py"]
+            + list(argv if argv is not None else sys.argv[1:])
+        ),
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "jax": jax.__version__,
