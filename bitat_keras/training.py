@@ -74,23 +74,22 @@ def recalibrate_batchnorm(net, batches, layers=None):
     Args:
         net: the model.
         batches: an iterable of input batches.
-        layers: the BatchNormalization layers to re-estimate (default: every trainable one).
+        layers: the BatchNormalization layers to re-estimate (default: every trainable one);
+            the others keep their statistics.
 
     Returns:
         The number of batches used.
     """
-    bns = layers
-    if bns is None:
-        bns = [
-            layer
-            for layer in net.layers
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-        ]
+    every = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in every if layer.trainable] if layers is None else list(layers)
     if not bns:
         return 0
-    momenta = [bn.momentum for bn in bns]
+    others = [layer for layer in every if all(layer is not bn for bn in bns)]
+    momenta = [bn.momentum for bn in bns + others]
     count = 0
     try:
+        for bn in others:
+            bn.momentum = 1.0  # keep their statistics: only ``layers`` are re-estimated
         if jit_compile() and keras.distribution.distribution() is None:
             for bn in bns:
                 bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
@@ -101,7 +100,7 @@ def recalibrate_batchnorm(net, batches, layers=None):
                     bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
                 call_model(net, x, training=True)
     finally:
-        for bn, m in zip(bns, momenta, strict=True):
+        for bn, m in zip(bns + others, momenta, strict=True):
             bn.momentum = m
     return count
 

@@ -177,6 +177,21 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
     assert before < train_mode - 0.1  # moving statistics lag behind short runs
     assert after > train_mode - 0.03
 
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) >= 2
+
+    def statistics(bn):
+        return np.concatenate(
+            [ops.convert_to_numpy(v) for v in (bn.moving_mean, bn.moving_variance)]
+        )
+
+    before = [statistics(bn) for bn in bns]
+    bk.progressive.recalibrate_batchnorm(model, [2 * x[:64] + 0.5], layers=bns[:1])
+    assert not np.allclose(statistics(bns[0]), before[0])
+    for bn, kept in zip(bns[1:], before[1:], strict=True):  # the others keep theirs
+        np.testing.assert_array_equal(statistics(bn), kept)
+        assert bn.momentum == 0.99
+
 
 @pytest.mark.parametrize(
     "data, match",
