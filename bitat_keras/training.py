@@ -68,8 +68,8 @@ def recalibrate_batchnorm(net, batches, layers=None):
 
     Short training phases leave the moving statistics behind the weights (BatchNorm's
     momentum 0.99 needs hundreds of steps), so inference-mode accuracy lags training-mode
-    accuracy until the statistics are re-estimated. Under JAX (on one device) the forward
-    passes run jitted, compiled once per network; elsewhere eagerly.
+    accuracy until the statistics are re-estimated. Under JAX the forward passes run
+    jitted, compiled once per network; elsewhere eagerly.
 
     Args:
         net: the model.
@@ -90,7 +90,7 @@ def recalibrate_batchnorm(net, batches, layers=None):
     try:
         for bn in others:
             bn.momentum = 1.0  # keep their statistics: only ``layers`` are re-estimated
-        if jit_compile() and keras.distribution.distribution() is None:
+        if jit_compile():
             for bn in bns:
                 bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
             count = _average_batch_statistics(net, bns, batches)
