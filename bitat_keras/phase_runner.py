@@ -230,7 +230,9 @@ class PhaseRunner:
         batches = self.data.batches(
             self.config.bn_recalibration_batches, seed, self.data.merge_for()
         )
-        record["bn_batches"] = training.recalibrate_batchnorm(self.net, batches, self.bns)
+        # through the trainer, whose variables include the gates that the network's forward
+        # reads (under JAX the traced forward is reused: its state must be arguments)
+        record["bn_batches"] = training.recalibrate_batchnorm(self.trainer, batches, self.bns)
         record["seconds"]["batchnorm"] = time.perf_counter() - start
         self.bn_stale = False
 

@@ -72,10 +72,14 @@ def recalibrate_batchnorm(net, batches, layers=None):
     jitted, compiled once per network; elsewhere eagerly.
 
     Args:
-        net: the model.
+        net: the model whose forward (in training mode) runs the BatchNorms. Under JAX its
+            traced forward is reused by later calls, so every state the forward reads must
+            be a variable of ``net``: a variable it does not track (such as a gate held by
+            an outer model) is read at its value of the first call; pass the outer model
+            and ``layers`` then.
         batches: an iterable of input batches.
-        layers: the BatchNormalization layers to re-estimate (default: every trainable one);
-            the others keep their statistics.
+        layers: the BatchNormalization layers to re-estimate (default: every trainable one
+            of ``net.layers``); the others keep their statistics.
 
     Returns:
         The number of batches used.
