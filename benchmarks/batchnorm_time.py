@@ -145,7 +145,8 @@ def plot(report, path):
         for path_name, marker in (("eager", "o"), ("jit", "s")):
             seconds = r[path_name]["seconds"]
             ax.plot(range(1, len(seconds) + 1), seconds, marker=marker, label=path_name)
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xticks(range(1, len(seconds) + 1))  # whole calls
         ax.set_xlabel("call")
         ax.set_ylabel("seconds per re-estimation")
         ax.set_title(f"{r['network']} network, batch {r['batch']}")
