@@ -306,7 +306,13 @@ def goals(rows, settings=None):
         out["bitat_2x_or_less_within_1.0_of_fp"] = best >= fp - 0.01
         out["moonshot_bitat_1x_within_0.3_of_fp"] = bitat >= fp - 0.003
     if "reactnet_2x" in rows and rn is not None:
-        out["reactnet_converged_at_1x (2x gains < 0.3)"] = mean("reactnet_2x") - rn < 0.003
+        # on the seeds that ran both budgets: seeds differ by more than the 0.3 asked here
+        once, twice = rows["reactnet"]["per_seed"], rows["reactnet_2x"]["per_seed"]
+        gains = [twice[s]["accuracy"] - once[s]["accuracy"] for s in twice if s in once]
+        if gains:
+            out["reactnet_converged_at_1x (2x gains < 0.3 on the same seeds)"] = (
+                float(np.mean(gains)) < 0.003
+            )
     if "bitat_none" in rows and bitat is not None:
         # The ablation rows may run fewer seeds than the main BiTAT row, or have run with
         # other settings: compare each transform with `none` on the seeds they share.

@@ -393,6 +393,24 @@ def test_transform_goals_compare_only_rows_with_the_same_settings():
     assert not any(k.startswith("transform_aggregated") for k in other)
 
 
+def test_reactnet_convergence_goal_compares_budgets_on_the_same_seeds():
+    """ReActNet's 2x row on seed 1 alone against its 1x row on seeds 0-1: +0.2 on seed 1
+    (converged), though +0.7 against the 1x mean, which seed 0 pulls down."""
+    import paper_table
+
+    seed = {"seconds": 1.0}
+    per_row = {
+        "full_precision": {0: {"accuracy": 0.95, **seed}, 1: {"accuracy": 0.95, **seed}},
+        "reactnet": {0: {"accuracy": 0.90, **seed}, 1: {"accuracy": 0.91, **seed}},
+        "reactnet_2x": {1: {"accuracy": 0.912, **seed}},
+    }
+    goals = paper_table.goals(paper_table.row_means(per_row))
+    assert goals["reactnet_converged_at_1x (2x gains < 0.3 on the same seeds)"] is True
+    per_row["reactnet_2x"][1]["accuracy"] = 0.914  # +0.4 on its seed: not converged
+    goals = paper_table.goals(paper_table.row_means(per_row))
+    assert goals["reactnet_converged_at_1x (2x gains < 0.3 on the same seeds)"] is False
+
+
 def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_path):
     import device_matrix
 
