@@ -353,7 +353,11 @@ class Bench:
         base = bk.BiTATConfig(**{**base.to_dict(), **overrides})
         fields = base.to_dict()
         fields.update(
-            batch_size=settings["batch"], groups=settings["groups"], stats_images=256, seed=seed
+            batch_size=settings["batch"],
+            groups=settings["groups"],
+            stats_images=256,
+            seed=seed,
+            log_gradient_ratio=True,
         )
         epochs = budget * settings["epochs"]
         if size and settings.get("subset"):

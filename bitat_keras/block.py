@@ -3,7 +3,7 @@
 A block's layers join one at a time (Eq. 11): every layer owns a fixed slot of s and V from
 the start (its size is known before training: k groups, or d input dimensions without
 aggregation), and ``join`` fills the slot with the layer's PCA initialisation and switches
-it on. Shapes never change, so one traced training step serves every layer of the block.
+it on. Shapes never change while the block trains.
 """
 
 import keras

@@ -77,6 +77,10 @@ class BiTATConfig:
             layers' latent weights included, with the fine-tune loss and learning rate.
             With few labels and a strong pre-trained model, a larger share of the epochs
             here measured better (docs/method.md, "Which settings to choose").
+        log_gradient_ratio: log in each quantize phase's record the ratio of the penalty's
+            gradient to the task loss's on the layer's kernel (``"gradient_ratio"``), a
+            diagnostic that costs two gradients through the network and a BatchNorm
+            re-estimation per layer (off by default).
         seed: seeds data order, k-means and initialisations; a run is reproducible.
 
     Example:
@@ -105,6 +109,7 @@ class BiTATConfig:
     penalty_gradient: str = "sign"
     penalty_normalization: str = "output"
     final_epochs: float = 8
+    log_gradient_ratio: bool = False
     seed: int = 0
 
     @classmethod

@@ -1,8 +1,8 @@
 """How one phase of Algorithm 1 runs, and the state that a resumed run rebuilds.
 
 ``progressive.py`` holds Algorithm 1 itself (which phase comes when, with which weights
-training); this module holds what every phase shares: the gated network and its one traced
-train step (``phases``), the data, fitting a phase with a fresh optimizer on a given set of
+training); this module holds what every phase shares: the gated network and its trainer
+(``phases``), the data, fitting a phase with a fresh optimizer on a given set of
 trainable weights, stopping on a non-finite loss, BatchNorm re-estimation, validation, the
 returned plain binary model, and the checkpoint form of the blocks.
 """
@@ -129,14 +129,8 @@ class PhaseRunner:
             self.block_names,
             teacher,
         )
-        self.optimizer = phases.PhaseAdam()
-        self.trainer.compile(
-            optimizer=self.optimizer,
-            loss=self.loss,
-            metrics=["accuracy"],
-            jit_compile=training.jit_compile(),
-        )
-        self.optimizer.build(self.trainer.trainable_variables)
+        self.trainer.compile(loss=self.loss, metrics=["accuracy"])  # evaluate() before a phase
+        self.example = self.data.sample(2, config.seed)  # builds each phase's metrics
         self.ckpt = None
         self.bn_stale = True
         self.history = []
@@ -164,8 +158,6 @@ class PhaseRunner:
     def fit(self, label, lr, epochs, trainable, record, seed):
         guard = phases.PhaseMonitor()
         kwargs, steps = self.data.phase_kwargs(epochs, seed)
-        self.optimizer.start_phase(lr, steps)
-        self.optimizer.set_masks(trainable)
         layers = {name: self.net.get_layer(name) for name in self.names}
         moving = {  # binarized kernels that train in this phase: their sign flips are logged
             name: layer
@@ -174,7 +166,10 @@ class PhaseRunner:
         }
         signs = {name: kernel_signs(layer) for name, layer in moving.items()}
         start = time.perf_counter()
-        hist = self.trainer.fit(**kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose)
+        with self.trainer.phase(trainable, self.loss, lr, steps, self.example):
+            hist = self.trainer.fit(
+                **kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose
+            )
         record["seconds"][label] = time.perf_counter() - start
         record["flip_rate"] = {  # fraction of signs that changed during the phase
             name: flip_rate(signs[name], kernel_signs(layer)) for name, layer in moving.items()
@@ -191,10 +186,10 @@ class PhaseRunner:
             return
         self.recalibrate(record, index)
         start = time.perf_counter()
-        distill = phases.numpy_float(self.trainer.distill_gate)
+        distill = self.trainer.distilling
         self.trainer.set_distill(False)
         loss, acc = self.trainer.evaluate(**_eval_kwargs(self.val), verbose=0)[:2]
-        self.trainer.distill_gate.assign(distill)
+        self.trainer.set_distill(distill)
         record["val_loss"], record["val_accuracy"] = float(loss), float(acc)
         record["seconds"]["evaluate"] = time.perf_counter() - start
 
@@ -219,10 +214,19 @@ class PhaseRunner:
         self.evaluate(record, index)
         self.history.append(record)
 
+    def checkpoint(self, record, index, completed, final=False):
+        """With a ``checkpoint_dir``: save the state after ``completed`` layers (BatchNorm
+        statistics re-estimated first, as a resumed run expects them)."""
+        if self.ckpt is None:
+            return
+        self.recalibrate(record, index)
+        self.ckpt.save(self.net, completed, self.history, *self.block_state(), final=final)
+
     def recalibrate(self, record, index):
         """Re-estimate every BatchNorm's moving statistics, when training changed them
-        since the last time: they matter only in inference mode (statistics, evaluation,
-        the returned model), and the estimate does not depend on their old values."""
+        since the last time: they matter only in inference mode (thresholds, evaluation,
+        checkpoints, the returned model; the input statistics use the batch statistics
+        that training uses), and the estimate does not depend on their old values."""
         if not self.bn_stale:
             return
         start = time.perf_counter()
@@ -231,8 +235,11 @@ class PhaseRunner:
             self.config.bn_recalibration_batches, seed, self.data.merge_for()
         )
         # through the trainer, whose variables include the gates that the network's forward
-        # reads (under JAX the traced forward is reused: its state must be arguments)
-        record["bn_batches"] = training.recalibrate_batchnorm(self.trainer, batches, self.bns)
+        # reads: its traced forward is reused (the network's Python state never changes
+        # outside a phase), so all its state must be arguments
+        record["bn_batches"] = training.recalibrate_batchnorm(
+            self.trainer, batches, self.bns, reuse_key="phase_trainer"
+        )
         record["seconds"]["batchnorm"] = time.perf_counter() - start
         self.bn_stale = False
 
@@ -264,12 +271,15 @@ class PhaseRunner:
         for i in range(len(self.names)):
             self.trainer.set_binary(i, inputs=True)
 
-    def init_thresholds(self, names, seed):
+    def init_thresholds(self, record, index, names, seed):
         """Initialise the input thresholds of ``names`` (those the plan gave one) from
         their inputs now, with the layers below in their current state."""
         names = [n for n in names if n in self.plan.thresholded]
         if names:
-            set_thresholds(self.net, names, self.data.images(self.config.stats_images, seed))
+            self.recalibrate(record, index)  # thresholds read inference-mode inputs
+            with timed(record, "thresholds"):
+                images = self.data.images(self.config.stats_images, seed)
+                set_thresholds(self.net, names, images)
 
     # -- checkpoint (de)serialization of the blocks ------------------------------------------
     def block_state(self):

@@ -1,22 +1,22 @@
-"""One traced training step for every phase of Algorithm 1.
+"""The network and the loss that every phase of Algorithm 1 trains.
 
 Algorithm 1 changes, from phase to phase, which layers are binarized, which weights train,
-which block's s and V enter the loss, and it starts each phase with a fresh optimizer.
-Recompiling for each phase made tracing most of the run's time. Here every one of those
-switches is a variable read by a single train step:
+which block's s and V enter the loss, and whether the loss is the task's or the teacher's;
+it starts each phase with a fresh optimizer.
 
 - ``GatedBinaryConv2D``: a ``BinaryConv2D`` whose input and kernel binarization are switched
-  on by two gate variables (0: real, 1: binary, with one-padding);
-- ``PhaseAdam``: Adam with one gradient mask per variable (0: frozen; with the slots reset
-  to zero a masked weight does not move at all), the phase's learning rate and its
-  linear-decay length as variables, and ``reset()`` for the fresh optimizer of every phase;
-- ``PhaseTrainer``: the model ``fit`` runs: task loss (or the full-precision teacher's
-  distribution, switched by a variable) plus the Eq. 13 terms of the block being quantized.
+  on by two gate variables (0: real, 1: binary, with one-padding), so that statistics,
+  BatchNorm re-estimation and evaluation run one network in every state;
+- ``PhaseTrainer``: the model ``fit`` runs. Each phase traces its own train step
+  (``start_phase``): only the phase's trainable weights are differentiated, so the backward
+  pass stops at the lowest layer that trains (every layer below is frozen); the teacher runs
+  only in a phase whose loss uses it; only the quantized block's Eq. 13 terms are computed.
 
 The returned model is rebuilt from plain ``BinaryConv2D`` layers (``clean_model``), so it
 converts to LCE exactly like any other binary model.
 """
 
+import contextlib
 import math
 import time
 
@@ -30,7 +30,6 @@ from bitat_keras.layers import BinaryConv2D
 
 __all__ = [
     "GatedBinaryConv2D",
-    "PhaseAdam",
     "PhaseMonitor",
     "PhaseTrainer",
     "clean_model",
@@ -56,7 +55,9 @@ class GatedBinaryConv2D(BinaryConv2D):
     layer); at 0 it sees ``x`` zero-padded (as the full-precision conv). With the kernel
     gate at 1 it uses ``alpha[o] * sign(w)``, at 0 ``w``. Gates are attached with
     ``attach_gates`` by ``PhaseTrainer``; the values are selected, never interpolated, so a
-    gated layer computes exactly what the plain layer computes.
+    gated layer computes exactly what the plain layer computes. While ``fixed`` holds two
+    booleans (a phase's train step, traced for the gates' values then), the layer computes
+    only the selected branch.
 
     Args:
         *args, **kwargs: as ``BinaryConv2D``; both quantizers must be set.
@@ -67,11 +68,14 @@ class GatedBinaryConv2D(BinaryConv2D):
     """
 
     gates = None
+    fixed = None  # (input binary, kernel binary) while a phase's step is traced
 
     def attach_gates(self, input_gate, kernel_gate):
         object.__setattr__(self, "gates", _Gates(input_gate, kernel_gate))
 
     def call(self, inputs):
+        if self.fixed is not None:
+            return self._fixed_call(inputs, *self.fixed)
         x = inputs
         padding = self.padding
         on_input = self.gates.input > 0.5
@@ -83,6 +87,18 @@ class GatedBinaryConv2D(BinaryConv2D):
             padding = "valid"
         w = ops.convert_to_tensor(self.kernel)
         kernel = ops.where(self.gates.kernel > 0.5, self.quantized_kernel(), w)
+        return self._convolve(x, kernel, padding)
+
+    def _fixed_call(self, x, binary_input, binary_kernel):
+        """What ``call`` selects for gates fixed at these values, without computing the
+        other branch (a phase's train step: its gates do not change while it runs)."""
+        padding = self.padding
+        if binary_input:
+            x = self.input_quantizer(self.shifted(x))
+            if padding == "same" and self.pad_values != 0.0:
+                x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
+                padding = "valid"
+        kernel = self.quantized_kernel() if binary_kernel else self.kernel
         return self._convolve(x, kernel, padding)
 
 
@@ -114,81 +130,14 @@ def clean_model(gated, names, quantizers_of):
     return _swap_conv_class(gated, BinaryConv2D, set(names), quantizers_of)
 
 
-class _PhaseDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """lr * (1 - step / steps), both read from ``PhaseAdam``'s variables."""
-
-    def __init__(self):
-        self.optimizer = None
-
-    def __call__(self, step):
-        opt = self.optimizer
-        frac = ops.cast(step, "float32") / ops.maximum(opt.phase_steps, 1.0)
-        return opt.phase_lr * ops.maximum(1.0 - frac, 0.0)
-
-    def get_config(self):
-        return {}
-
-
-class PhaseAdam(keras.optimizers.Adam):
-    """Adam for phases that share one traced train step.
-
-    Each trainable variable has a gradient mask (``set_masks``); ``start_phase`` resets the
-    moments and the step count (Algorithm 1's fresh optimizer) and sets the learning rate,
-    which decays linearly to 0 over the phase's steps. A masked variable, with its moments
-    at zero, gets an update of exactly zero.
-
-    Args:
-        **kwargs: as ``keras.optimizers.Adam`` (but ``learning_rate``).
-
-    Example:
-        >>> opt = PhaseAdam()
-        >>> trainer.compile(optimizer=opt)  # doctest: +SKIP
-        >>> opt.start_phase(1e-3, steps=300)  # doctest: +SKIP
-    """
-
-    def __init__(self, **kwargs):
-        schedule = _PhaseDecay()
-        super().__init__(learning_rate=schedule, **kwargs)
-        schedule.optimizer = self
-        self.phase_lr = self.add_variable((), initializer="zeros", name="phase_lr")
-        self.phase_steps = self.add_variable((), initializer="ones", name="phase_steps")
-        self._masks = []
-
-    def build(self, var_list):
-        super().build(var_list)
-        self._masks = [
-            self.add_variable((), initializer="ones", name=f"mask_{i}")
-            for i in range(len(var_list))
-        ]
-
-    def set_masks(self, trainable):
-        """``trainable``: the set of ``id(variable)`` that may move in this phase."""
-        for var in self._trainable_variables:
-            mask = self._masks[self._get_variable_index(var)]
-            mask.assign(1.0 if id(var) in trainable else 0.0)
-
-    def start_phase(self, learning_rate, steps):
-        self.iterations.assign(0)
-        for var in self._trainable_variables:
-            index = self._get_variable_index(var)
-            for slot in (self._momentums[index], self._velocities[index]):
-                slot.assign(ops.zeros(slot.shape, slot.dtype))
-        self.phase_lr.assign(float(learning_rate))
-        self.phase_steps.assign(float(max(int(steps), 1)))
-
-    def update_step(self, gradient, variable, learning_rate):
-        mask = self._masks[self._get_variable_index(variable)]
-        gradient = ops.cast(gradient, variable.dtype) * ops.cast(mask, variable.dtype)
-        super().update_step(gradient, variable, learning_rate * mask)
-
-
 class PhaseTrainer(keras.Model):
     """The model that every phase's ``fit`` trains: the gated network, its gates, the
     blocks' s and V, and the loss of Eq. 13.
 
-    Loss: the task loss, or (``distill`` gate at 1) the cross-entropy to the frozen
-    teacher's softmax; plus, for the block whose ``block_on`` gate is 1, the penalty,
-    Reg(s, V) and the l1 term of Eq. 13.
+    Loss: the task loss, or (``set_distill(True)``) the cross-entropy to the frozen
+    teacher's softmax; plus, for the block set by ``set_block``, the penalty, Reg(s, V) and
+    the l1 term of Eq. 13. ``start_phase`` compiles the step of one phase: a fresh Adam
+    over exactly the weights that train in it, the only ones differentiated.
 
     Args:
         net: the gated network (``gated_model``).
@@ -199,6 +148,8 @@ class PhaseTrainer(keras.Model):
 
     Example:
         >>> trainer = PhaseTrainer(net, names, blocks, members, teacher)  # doctest: +SKIP
+        >>> with trainer.phase(trainable_ids, loss, 8e-3, steps=300, example=(x[:2], y[:2])):
+        ...     trainer.fit(x, y)  # doctest: +SKIP
     """
 
     def __init__(self, net, names, blocks, member_layers, teacher=None):
@@ -218,14 +169,9 @@ class PhaseTrainer(keras.Model):
         ]
         for i, name in enumerate(names):
             net.get_layer(name).attach_gates(self.input_gates[i], self.kernel_gates[i])
-        self.distill_gate = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="distill"
-        )
+        self.distilling = False  # read when a step is traced
         self.blocks = list(blocks)
-        self.block_gates = [
-            self.add_weight(shape=(), initializer="zeros", trainable=False, name=f"block_{i}")
-            for i in range(len(self.blocks))
-        ]
+        self.block = None  # the block whose Eq. 13 terms enter the loss
         self.member_layers = [[net.get_layer(n) for n in members] for members in member_layers]
         self.traces = 0  # Python runs of the training loss: traces, outside eager mode
         self.built = True
@@ -249,13 +195,57 @@ class PhaseTrainer(keras.Model):
 
     def set_block(self, index):
         """Only block ``index`` (None: no block) contributes Eq. 13's terms."""
-        for i, gate in enumerate(self.block_gates):
-            gate.assign(1.0 if i == index else 0.0)
+        if index != self.block:
+            self.block = index
+            self._retrace()
 
     def set_distill(self, on):
+        """The loss is the teacher's distribution (True) or the task loss (False)."""
         if on and self.teacher is None:
             raise ValueError("Distillation needs a teacher.")
-        self.distill_gate.assign(1.0 if on else 0.0)
+        if bool(on) != self.distilling:
+            self.distilling = bool(on)
+            self._retrace()
+
+    def _retrace(self):
+        """The loss is read when a step is traced: a changed loss needs new traces."""
+        self.train_function = self.test_function = None
+
+    @contextlib.contextmanager
+    def phase(self, trainable, loss, learning_rate, steps, example, jit_compile=None):
+        """Within the block, ``fit`` trains one phase: only the variables whose ids are in
+        ``trainable`` are trainable (the others, frozen, get no gradient and no optimizer
+        state), with a fresh Adam whose rate decays linearly from ``learning_rate`` to 0
+        over ``steps`` (Algorithm 1's new optimizer per phase). The train step is traced
+        anew for the phase, with every gate fixed at its value (the gates do not change
+        during a phase); afterwards every variable is trainable again, as before.
+        ``example``: a few ``(x, y)`` samples that build the metrics before the step is
+        traced (under TensorFlow a metric built inside the first trace makes it trace
+        twice)."""
+        variables = [v for v in self.trainable_variables]
+        for v in variables:
+            v.trainable = id(v) in trainable
+        gated = [self.student.get_layer(name) for name in self.names]
+        for layer, state in zip(gated, self.binary_state(), strict=True):
+            object.__setattr__(layer, "fixed", state)
+        try:
+            optimizer = keras.optimizers.Adam(training.linear_decay(learning_rate, steps))
+            self.compile(
+                optimizer=optimizer,
+                loss=loss,
+                metrics=["accuracy"],
+                jit_compile=training.jit_compile() if jit_compile is None else jit_compile,
+            )
+            optimizer.build(self.trainable_variables)
+            x, y = example
+            self.compute_metrics(x, y, self(x, training=False))
+            self.reset_metrics()
+            yield optimizer
+        finally:
+            for v in variables:
+                v.trainable = True
+            for layer in gated:
+                object.__setattr__(layer, "fixed", None)
 
     def block_terms(self, index):
         """(penalty, reg, l1) of block ``index`` for its members' current kernels."""
@@ -285,24 +275,20 @@ class PhaseTrainer(keras.Model):
 
     # -- loss --------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The task loss or (``distill`` gate at 1) the teacher term, both weighted by
+        """The task loss or (distilling) the teacher term, both weighted by
         ``sample_weight`` as Keras weights a loss (``sum(w_i * l_i) / batch_size``); in
-        training, plus the Eq. 13 terms of the block being quantized."""
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        if self.teacher is not None:
+        training, plus the Eq. 13 terms (Eq. 13) of the block being quantized. The teacher
+        runs only when distilling, the block terms only for that block."""
+        if self.distilling:
             teacher = self.teacher(x, training=False)
-            kd = per_replica(soft_cross_entropy(teacher, y_pred, sample_weight))
-            loss = loss + self.distill_gate * (kd - loss)
+            loss = per_replica(soft_cross_entropy(teacher, y_pred, sample_weight))
+        else:
+            loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         if not training:
             return loss
         self.traces += 1
-        for index, gate in enumerate(self.block_gates):
-            extra = ops.cond(
-                gate > 0.5,
-                lambda index=index: sum(self.block_terms(index)),
-                lambda: ops.zeros(()),
-            )
-            loss = loss + per_replica(extra)
+        if self.block is not None:
+            loss = loss + per_replica(sum(self.block_terms(self.block)))
         return loss
 
 

@@ -43,10 +43,9 @@ class BiTATResult:
         v_parameters: ``{"full": ..., "used": ..., "ratio": ...}``: entries of V as used
             against the full (un-aggregated, cross-layer) V over all blocks.
         seconds: wall time of the whole run (this process only, when resumed).
-        traces: how many times the training step was traced (compiled): once for the
-            whole run (twice under TensorFlow, whose first call of a function that may
-            create variables traces it twice), plus once for a last partial batch of
-            another size.
+        traces: how many times a training step was traced (compiled): once per phase
+            (each phase has its own step), plus once for a last partial batch of another
+            size.
         plan: the ``BinarizationPlan`` decided before training (``print(result.plan)``).
     """
 
@@ -110,8 +109,7 @@ class _Algorithm1(PhaseRunner):
         )
         before = self.trainer.get_weights()
         self.binarize_activations()
-        with timed(record, "thresholds"):
-            self.init_thresholds(self.names, cfg.seed)
+        self.init_thresholds(record, None, self.names, cfg.seed)
         self.trainer.set_block(None)
         self.trainer.set_distill(cfg.distillation != "none")
         self.run_phase(
@@ -125,9 +123,7 @@ class _Algorithm1(PhaseRunner):
             self.phase_seed(len(self.names), 1),
             before,
         )
-        self.recalibrate(record, None)
-        if self.ckpt is not None:
-            self.ckpt.save(self.net, 0, self.history, *self.block_state())
+        self.checkpoint(record, None, 0)
 
     # -- Algorithm 1, lines 7-10 -----------------------------------------------------------
     def init_transform(self, index, name, record):
@@ -143,6 +139,7 @@ class _Algorithm1(PhaseRunner):
             self.grouping[name] = (None, d)
             record["groups"] = d
             return
+        self.recalibrate(record, index)  # the statistics run in inference mode
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
@@ -196,8 +193,7 @@ class _Algorithm1(PhaseRunner):
         self.log(f"layer {index + 1}/{total} {name!r}: quantize, {cfg.epochs_per_layer} epochs")
         before = self.trainer.get_weights()
         if not cfg.activations_first_epochs:  # else set with every layer's, at the start
-            with timed(record, "thresholds"):
-                self.init_thresholds([name], cfg.seed + index)
+            self.init_thresholds(record, index, [name], cfg.seed + index)
         self.trainer.set_binary(index, inputs=True, kernel=True)
         self.init_transform(index, name, record)
         b = self.block_index[name]
@@ -206,8 +202,10 @@ class _Algorithm1(PhaseRunner):
                 self.trainer.normalize_penalty(b)
         self.trainer.set_block(b)
         self.trainer.set_distill(cfg.distillation == "all")
-        with timed(record, "diagnostics"):
-            record["gradient_ratio"] = self.gradient_ratio(index, b)
+        if cfg.log_gradient_ratio:
+            self.recalibrate(record, index)  # the task gradient runs in inference mode
+            with timed(record, "diagnostics"):
+                record["gradient_ratio"] = self.gradient_ratio(index, b)
         previous = self.position[self.names[index - 1]] if index else -1
         where = f"layer {index + 1}/{total} {name!r}"
         self.run_phase(
@@ -243,12 +241,10 @@ class _Algorithm1(PhaseRunner):
                 self.position[name],
                 where,
             )
-        self.recalibrate(record, index)  # for the next layer's statistics and the checkpoint
         last = index + 1 == total
         if last or self.block_index[self.names[index + 1]] != b:
             self.close_block(b)
-        if self.ckpt is not None:
-            self.ckpt.save(self.net, index + 1, self.history, *self.block_state())
+        self.checkpoint(record, index, index + 1)
 
     def final_phase(self):
         """Every layer binarized; every weight trains again, binary layers' latent weights
@@ -331,8 +327,9 @@ def progressive_fit(
     full precision, with the task loss (or the teacher's distribution) + the Eq. 13 penalty,
     l1 and Reg terms (fresh Adam, linear decay); freeze it (its kernel is exactly
     alpha[o] * sign(w) from then on); fine-tune the layers above. With ``final_epochs`` a
-    joint phase then trains every weight again. One traced train step serves every phase
-    (``bitat_keras.phases``); BatchNorm statistics are re-estimated before inference-mode use.
+    joint phase then trains every weight again. Each phase traces a step that
+    differentiates only its trainable weights (``bitat_keras.phases``); BatchNorm
+    statistics are re-estimated before inference-mode use.
     Warns before training when a layer's quantization phase gets too few optimizer steps.
 
     Args:
@@ -390,9 +387,8 @@ def progressive_fit(
             run.step(index)
         if config.final_epochs and not (state is not None and state.get("final_done")):
             run.final_phase()
-            run.recalibrate(run.history[-1], None)
-            if run.ckpt is not None:
-                run.ckpt.save(run.net, len(run.names), run.history, *run.block_state(), final=True)
+            run.checkpoint(run.history[-1], None, len(run.names), final=True)
+        run.recalibrate(run.history[-1], None)  # for the returned model
         net = run.model()
         for layer in net.layers:
             layer.trainable = not isinstance(layer, BinaryConv2D)

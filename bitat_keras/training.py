@@ -16,6 +16,7 @@ __all__ = [
     "linear_decay",
     "recalibrate_batchnorm",
     "task_loss",
+    "traced_statistics",
     "train_full_precision",
 ]
 
@@ -62,24 +63,32 @@ def compile_result(model, loss=None):
     return model
 
 
-def recalibrate_batchnorm(net, batches, layers=None):
+def traced_statistics():
+    """Whether BatchNorm re-estimation runs traced forward passes: under JAX and
+    TensorFlow (torch runs them eagerly)."""
+    return keras.backend.backend() in ("jax", "tensorflow")
+
+
+def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
     """Re-estimate BatchNorm moving statistics as a cumulative average over ``batches``
     (forward passes in training mode, no gradient).
 
     Short training phases leave the moving statistics behind the weights (BatchNorm's
     momentum 0.99 needs hundreds of steps), so inference-mode accuracy lags training-mode
-    accuracy until the statistics are re-estimated. Under JAX the forward passes run
-    jitted, compiled once per network; elsewhere eagerly.
+    accuracy until the statistics are re-estimated. Under JAX (jitted) and TensorFlow
+    (``tf.function``) the forward passes run traced, once per call (or once for every call
+    with the same ``reuse_key``); under torch eagerly.
 
     Args:
-        net: the model whose forward (in training mode) runs the BatchNorms. Under JAX its
-            traced forward is reused by later calls, so every state the forward reads must
-            be a variable of ``net``: a variable it does not track (such as a gate held by
-            an outer model) is read at its value of the first call; pass the outer model
-            and ``layers`` then.
+        net: the model whose forward (in training mode) runs the BatchNorms.
         batches: an iterable of input batches.
         layers: the BatchNormalization layers to re-estimate (default: every trainable one
             of ``net.layers``); the others keep their statistics.
+        reuse_key: None (trace the forward for this call), or a hashable: later calls with
+            the same key (and network, layers and input shape) reuse the trace. The caller
+            vouches that nothing the forward reads outside ``net``'s variables has changed
+            since (a quantizer swapped on a layer, a variable of an outer model such as a
+            gate): such state is read at its value of the first trace.
 
     Returns:
         The number of batches used.
@@ -94,10 +103,10 @@ def recalibrate_batchnorm(net, batches, layers=None):
     try:
         for bn in others:
             bn.momentum = 1.0  # keep their statistics: only ``layers`` are re-estimated
-        if jit_compile():
+        if traced_statistics():
             for bn in bns:
                 bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
-            count = _average_batch_statistics(net, bns, batches)
+            count = _average_batch_statistics(net, bns, batches, reuse_key)
         else:
             for count, x in enumerate(batches, start=1):
                 for bn in bns:
@@ -112,17 +121,25 @@ def recalibrate_batchnorm(net, batches, layers=None):
 _STATISTICS_FORWARD = weakref.WeakKeyDictionary()  # net -> {BatchNorms: jitted forward}
 
 
-def _average_batch_statistics(net, bns, batches):
-    """Under JAX: one jitted forward per batch (compiled once per network, set of BatchNorms
-    and input shape, instead of dispatching every operation eagerly), traced with the
-    momentum of ``bns`` at 0, so that each forward returns the batch's mean and variance;
-    their running mean over the batches is assigned at the end, as the eager loop computes
-    it."""
-    import jax
+def _trace(fn):
+    """``fn`` compiled by the backend: ``jax.jit``, or a ``tf.function`` (not XLA)."""
+    if keras.backend.backend() == "jax":
+        import jax
 
+        return jax.jit(fn)
+    import tensorflow as tf  # already imported by the backend
+
+    return tf.function(fn, reduce_retracing=True)
+
+
+def _average_batch_statistics(net, bns, batches, reuse_key=None):
+    """One traced forward per batch (traced once per network, set of BatchNorms and input
+    shape, instead of dispatching every operation eagerly), with the momentum of ``bns``
+    at 0, so that each forward returns the batch's mean and variance; their running mean
+    over the batches is assigned at the end, as the eager loop computes it."""
     compiled = _STATISTICS_FORWARD.setdefault(net, {})
-    key = tuple(id(bn) for bn in bns)
-    if key not in compiled:
+    key = (reuse_key, tuple(id(bn) for bn in bns))
+    if reuse_key is None or key not in compiled:
         model = weakref.ref(net)  # the cache must not keep the network alive
 
         def updated(trainable, non_trainable, x):
@@ -132,16 +149,16 @@ def _average_batch_statistics(net, bns, batches):
             )
             return non_trainable
 
-        compiled[key] = jax.jit(updated)
+        compiled[key] = _trace(updated)
     forward = compiled[key]
     position = {id(v): i for i, v in enumerate(net.non_trainable_variables)}
     targets = [v for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
     count, means = 0, None
     for count, x in enumerate(batches, start=1):
         values = forward(
-            [v.value for v in net.trainable_variables],
-            [v.value for v in net.non_trainable_variables],
-            x,
+            [keras.ops.convert_to_tensor(v) for v in net.trainable_variables],
+            [keras.ops.convert_to_tensor(v) for v in net.non_trainable_variables],
+            keras.ops.convert_to_tensor(x),
         )
         batch = [values[position[id(v)]] for v in targets]
         if means is None:

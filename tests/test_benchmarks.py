@@ -15,23 +15,22 @@ import bitat_keras as bk
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
+def run_benchmark(script, *args, timeout=900):
+    """Runs ``benchmarks/<script>`` with ``args`` in a fresh interpreter; it must succeed."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "paper_table.py"),
-            "--preset",
-            "mini",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
+    run_benchmark("paper_table.py", "--preset", "mini", "--out", tmp_path)
     report = json.loads((tmp_path / "mini.json").read_text())
     rows = report["rows"]
     for name in (
@@ -466,3 +465,40 @@ def test_committed_paper_tables_agree_with_their_seeds_and_render_as_committed(p
                 fp["val_accuracy"],
             )
     assert paper_table.markdown(report) == (results / f"{preset}.md").read_text()
+
+
+def test_cost_script_times_every_method_and_bitats_work_per_layer(tmp_path):
+    """benchmarks/cost.py on its seconds-scale network: every method's seconds, accuracy
+    and steps; BiTAT's step kinds and its per-layer work, which add up with the phases'
+    own seconds to the run's wall time."""
+    run_benchmark(
+        "cost.py", "--network", "mini", "--images", 1000, "--fp-epochs", 10, "--out", tmp_path
+    )
+    report = json.loads((tmp_path / "cost_mini_tensorflow.json").read_text())
+    rows = report["rows"]
+    assert list(rows) == ["naive_ste", "reactnet", "bitat", "bitat_distill"]
+    epochs = report["epochs"]
+    steps_per_epoch = -(-report["images"] // report["batch"])
+    for method, row in rows.items():
+        assert row["steps"] == epochs * steps_per_epoch, method
+        assert 0 < row["first_step_seconds"] < row["seconds"]
+        assert 0 <= row["accuracy"] <= 1
+    assert set(rows["reactnet"]["step_ms"]) == {"reactnet_step1", "reactnet_step2"}
+    for method in ("bitat", "bitat_distill"):
+        row = rows[method]
+        assert set(row["step_ms"]) == {
+            "quantize_first",
+            "quantize_middle",
+            "quantize_last",
+            "final",
+        }
+        assert row["traces"] == report["layers"] + 1  # one per phase
+        kinds = row["seconds_by_kind"]
+        steps = sum(kinds.get(k, 0.0) for k in ("quantize", "final"))
+        assert steps + kinds["overhead"] - kinds["compile"] == pytest.approx(row["seconds"])
+        work = row["per_layer"]
+        assert work["total_steps"] > 0 and work["seconds"]["compile"] > 0
+    assert set(report["targets"]) >= {"bitat_over_naive_ste", "bitat_distill_over_reactnet"}
+    text = (tmp_path / "cost_mini_tensorflow.md").read_text()
+    assert "| bitat |" in text and "per layer" in text
+    assert (tmp_path / "cost_mini_tensorflow.png").stat().st_size > 1000

@@ -21,8 +21,13 @@ What is compared, and the tolerances:
   float noise further than that file's one-layer network does. Measured against one
   device (the same for the two-device run of one process, which matches the two
   processes exactly): TensorFlow losses to 3.4e-5 relative and alpha to 1.4e-4; JAX
-  98.7 % of the weights to 3e-4. So here losses agree to 1e-4, alpha to 5e-4 and 95 % of
-  the weights to 3e-4.
+  98.7 % of the weights to 3e-4. Since each phase traces its own step (another graph,
+  another order of float operations) the runs drift further: in runs of this test while
+  that change was made,
+  TensorFlow had one binary sign of 576 on the other side, then a first layer's alpha
+  3.3e-3 apart; JAX a loss 1.1e-3 apart, then 94.8 % of the weights to 3e-4. So here
+  losses agree to 2e-3, alpha to 5e-3, 99 % of every layer's signs and 90 % of the
+  weights to 3e-4 (the exact comparison above is what checks the distributed code).
 - A run whose two workers are killed after the chief wrote a checkpoint resumes after the
   last completed layer and ends exactly as the uninterrupted run.
 
@@ -46,9 +51,10 @@ from test_distributed import assert_same_training, subprocess_env
 
 SCRIPT = str(Path(__file__).with_name("multi_worker_run.py"))
 DEADLINE = 420  # seconds for a group of processes (they take 30-90 s on 2 loaded cores)
-LOSS_RTOL = 1e-4
-ALPHA_RTOL = 5e-4
-WEIGHT_FRACTION = 0.95
+LOSS_RTOL = 2e-3
+ALPHA_RTOL = 5e-3
+WEIGHT_FRACTION = 0.90
+SIGN_FRACTION = 0.99
 
 
 def free_addresses(n):
@@ -166,6 +172,7 @@ def compare_runs(tmp_path, processes, engine, method):
         loss_rtol=LOSS_RTOL,
         alpha_rtol=ALPHA_RTOL,
         fraction=WEIGHT_FRACTION,
+        sign_fraction=SIGN_FRACTION,
     )
 
 

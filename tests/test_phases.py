@@ -1,4 +1,4 @@
-"""The single-trace progressive loop: gated layers, the phase optimizer, the normalised
+"""The progressive loop: gated layers, the per-phase train step, the normalised
 penalty, the final joint phase, and strict conversion of what progressive_fit returns."""
 
 import keras
@@ -55,24 +55,53 @@ def test_gated_layer_computes_the_real_conv_at_0_and_the_binary_conv_at_1(stride
     np.testing.assert_array_equal(ops.convert_to_numpy(gated(x)), ops.convert_to_numpy(plain(x)))
 
 
-def test_phase_adam_freezes_masked_variables_exactly_and_resets_its_slots():
-    a = keras.Variable(np.ones(3, "float32"))
-    b = keras.Variable(np.ones(3, "float32"))
-    opt = phases.PhaseAdam()
-    opt.build([a, b])
-    opt.start_phase(0.1, steps=4)
-    opt.set_masks({id(a)})
-    grads = [ops.ones(3), ops.ones(3)]
-    opt.apply(grads, [a, b])
-    assert np.all(ops.convert_to_numpy(a) < 1.0)
-    np.testing.assert_array_equal(ops.convert_to_numpy(b), np.ones(3))
-    # Linear decay over the phase: lr * (1 - step / steps).
-    assert float(opt.learning_rate) == pytest.approx(0.1 * 3 / 4)
-    opt.start_phase(0.2, steps=10)
-    assert int(opt.iterations) == 0 and float(opt.learning_rate) == pytest.approx(0.2)
-    for slot in opt.variables:
-        if slot.shape == (3,):
-            np.testing.assert_array_equal(ops.convert_to_numpy(slot), 0.0)
+@pytest.mark.parametrize("binary_input", [False, True])
+@pytest.mark.parametrize("binary_kernel", [False, True])
+def test_fixed_gates_compute_exactly_what_the_gate_variables_select(binary_input, binary_kernel):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 7, 7, 3)).astype("float32")
+    gated = phases.GatedBinaryConv2D(4, 3, strides=2, use_bias=False)
+    gin, gk = keras.Variable(float(binary_input)), keras.Variable(float(binary_kernel))
+    gated.attach_gates(gin, gk)
+    gated.build(x.shape)
+    gated.kernel.assign(rng.normal(size=(3, 3, 3, 4)).astype("float32"))
+    selected = ops.convert_to_numpy(gated(x))
+    gated.fixed = (binary_input, binary_kernel)
+    gin.assign(1.0 - gin)  # a fixed layer does not read its gates
+    np.testing.assert_array_equal(ops.convert_to_numpy(gated(x)), selected)
+
+
+def test_a_phase_differentiates_only_its_trainable_weights_with_a_fresh_optimizer(digits):
+    """Inside ``phase`` only the listed weights are trainable: the train step computes
+    gradients for them alone and the phase's new Adam holds slots for them alone; the
+    others are bit-for-bit unchanged by the phase; afterwards every weight is trainable."""
+    from bitat_keras.phase_runner import PhaseRunner
+
+    config = bk.BiTATConfig(**FAST)
+    runner = PhaseRunner(tiny_model(), digits, config, None, [], 0)
+    trainer, names = runner.trainer, runner.names
+    everything = list(trainer.trainable_variables)
+    trainer.set_binary(0, inputs=True, kernel=True)
+    boundary = runner.position[names[0]]
+    trainable = runner.trainable_above(boundary)
+    frozen = [v for v in everything if id(v) not in trainable]
+    assert frozen and len(trainable) < len(everything)
+    before = [ops.convert_to_numpy(v) for v in frozen]
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append({id(v) for v in self.model.trainable_variables})
+
+    with trainer.phase(trainable, runner.loss, 1e-2, 8, runner.example) as optimizer:
+        assert {id(v) for v in trainer.trainable_variables} == trainable
+        slots = [v for v in optimizer.variables if len(v.shape) > 0]
+        assert len(slots) == 2 * sum(len(v.shape) > 0 for v in trainer.trainable_variables)
+        trainer.fit(*digits, batch_size=32, epochs=1, callbacks=[Probe()], verbose=0)
+    assert seen and all(ids == trainable for ids in seen)
+    for v, b in zip(frozen, before, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(v), b)
+    assert {id(v) for v in trainer.trainable_variables} == {id(v) for v in everything}
 
 
 def _numpy_penalty(s, v, ps, rs, mask=None):
@@ -151,20 +180,15 @@ def test_partly_joined_block_counts_only_joined_members(mode):
     np.testing.assert_array_equal(ops.convert_to_numpy(bt.active), mask)
 
 
-def test_one_trace_serves_every_phase(digits):
-    """The train step is traced the same number of times for 1 layer as for 5 layers with
-    fine-tune, final and activation phases: nothing retraces per phase."""
-    counts = []
-    for blocks, extra in (([(64, 1)], {"finetune_epochs": 0}), (None, {})):
-        keras.utils.set_random_seed(0)
-        config = bk.BiTATConfig(
-            **{**FAST, "final_epochs": 1, "activations_first_epochs": 1, **extra}
-        )
-        model = tiny_model(blocks) if blocks else tiny_model()
-        result = bk.progressive_fit(model, digits, config=config, verbose=0)
-        counts.append(result.traces)
-        assert len(result.history) >= 5
-    assert counts[0] == counts[1] and 1 <= counts[0] <= 2
+def test_each_phase_traces_its_train_step_once(digits):
+    """Every phase traces its own step (its trainable set, loss and block are fixed in the
+    trace), once."""
+    keras.utils.set_random_seed(0)
+    config = bk.BiTATConfig(**{**FAST, "final_epochs": 1, "activations_first_epochs": 1})
+    result = bk.progressive_fit(tiny_model(), digits, config=config, verbose=0)
+    phases_run = len(result.history)
+    assert phases_run >= 5
+    assert result.traces == phases_run
 
 
 class KernelAtPhaseStart(keras.callbacks.Callback):
@@ -201,16 +225,24 @@ def test_final_phase_trains_every_binary_layer_and_the_result_converts_strictly(
 
 
 def test_history_logs_the_penalty_to_task_gradient_ratio(digits):
-    config = bk.BiTATConfig(**{**FAST, "finetune_epochs": 0, "lam": 1.0})
+    config = bk.BiTATConfig(
+        **{**FAST, "finetune_epochs": 0, "lam": 1.0, "log_gradient_ratio": True}
+    )
     keras.utils.set_random_seed(0)
     result = bk.progressive_fit(tiny_model([(64, 1)]), digits, config=config, verbose=0)
     ratios = [h["gradient_ratio"] for h in result.history if h["phase"] == "quantize"]
     assert all(r > 0 and np.isfinite(r) for r in ratios)
     # The ratio scales with lam: the same run at lam = 10 logs 10x the first ratio.
-    config10 = bk.BiTATConfig(**{**FAST, "finetune_epochs": 0, "lam": 10.0})
+    config10 = bk.BiTATConfig(
+        **{**FAST, "finetune_epochs": 0, "lam": 10.0, "log_gradient_ratio": True}
+    )
     keras.utils.set_random_seed(0)
     again = bk.progressive_fit(tiny_model([(64, 1)]), digits, config=config10, verbose=0)
     assert again.history[0]["gradient_ratio"] == pytest.approx(10 * ratios[0], rel=1e-3)
+    quiet = bk.progressive_fit(
+        tiny_model([(64, 1)]), digits, config=bk.BiTATConfig(**FAST), verbose=0
+    )
+    assert all("gradient_ratio" not in h for h in quiet.history)  # off by default
 
 
 def test_too_few_steps_per_phase_warn_before_training_and_say_what_to_change():
@@ -244,3 +276,52 @@ def test_paper_settings_stay_one_call_away():
     assert bk.BiTATConfig.paper(epochs_per_layer=5).epochs_per_layer == 5
     with pytest.raises(ValueError, match="Unknown penalty_normalization 'l2'"):
         bk.BiTATConfig(penalty_normalization="l2")
+
+
+_FORWARDS = {}  # name -> keras.Variable counting the forward passes of CountForwards layers
+
+
+@keras.saving.register_keras_serializable("bitat_tests")
+class CountForwards(keras.layers.Layer):
+    """The identity; every forward pass it runs (traced steps included) adds 1 to a
+    counter shared by every copy of the layer: the student's and the teacher's."""
+
+    def call(self, x):
+        _FORWARDS["calls"].assign_add(1.0)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _counting_cnn():
+    inputs = keras.Input((8, 8, 1))
+    x = CountForwards()(inputs)
+    for width in (8, 16, 16):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.LeakyReLU(0.1)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def test_the_teacher_runs_only_in_phases_whose_loss_uses_it(digits):
+    """Counting every forward pass of every copy of the model: with distillation
+    "finetune" and no fine-tune or final phase, no phase's loss uses the teacher, and the
+    run makes exactly as many forward passes as without a teacher; "all" makes more."""
+    keras.utils.set_random_seed(0)
+    _FORWARDS["calls"] = keras.Variable(0.0, trainable=False)
+    fp = _counting_cnn()
+    counts = {}
+    for distillation in ("none", "finetune", "all"):
+        _FORWARDS["calls"] = keras.Variable(0.0, trainable=False)
+        keras.utils.set_random_seed(0)
+        config = bk.BiTATConfig(
+            **{**FAST, "finetune_epochs": 0, "final_epochs": 0, "distillation": distillation}
+        )
+        bk.progressive_fit(fp, digits, config=config, verbose=0)
+        counts[distillation] = float(ops.convert_to_numpy(_FORWARDS["calls"]))
+    assert counts["none"] > 0
+    assert counts["finetune"] == counts["none"]
+    steps = 2 * len(digits[0]) // FAST["batch_size"]  # 2 layers x 1 epoch of quantize steps
+    assert counts["all"] >= counts["none"] + steps

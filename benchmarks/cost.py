@@ -1,0 +1,390 @@
+"""What each method costs at an equal number of epochs, in one process, one method after
+another: naive STE, ReActNet's two steps, BiTAT at ``BiTATConfig()`` and BiTAT with
+``distillation="all"``. Reports total seconds, test accuracy, milliseconds per optimizer
+step of every kind of step, BiTAT's per-layer work by kind (in seconds and in training
+steps of the same network) and the time from the call to the first optimizer step.
+
+    python benchmarks/cost.py --network cpu --images 20000            # the issue's setting
+    KERAS_BACKEND=jax python benchmarks/cost.py --network cpu --images 6000
+    python benchmarks/cost.py --network full --images 2000
+
+The epochs of every method are BiTAT's default schedule on the network (L layers x
+``epochs_per_layer`` + ``final_epochs``). Results go to ``results/cost_<network>_<backend>``
+``.{json,md,png}``; the JSON records the command, the machine and the versions.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import keras
+import numpy as np
+
+import bitat_keras as bk
+from bitat_keras import baselines, datasets, training
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+# The networks: `cpu` is the CPU benchmark's 8-binary-conv network (harness.PRESETS["cpu"]),
+# `full` the 13-block anchor network, `mini` a seconds-scale smoke test for the test suite.
+NETWORKS = {
+    "cpu": dict(
+        dataset="fashion_mnist",
+        blocks=((64, 1), (128, 2), (128, 1)),
+        stem_strides=2,
+        width=1.0,
+        batch=128,
+    ),
+    "full": dict(
+        dataset="fashion_mnist",
+        blocks=((64, 1), (128, 2), (128, 1), (256, 2), (256, 1)),
+        stem_strides=1,
+        width=1.0,
+        batch=128,
+    ),
+    "mini": dict(dataset="digits", blocks=((64, 1),), stem_strides=1, width=0.25, batch=32),
+}
+# Learning rates: the baselines' best on the `cpu` preset's validation split
+# (results/sweep_cpu.md); BiTAT's library default.
+BASELINE_LR = dict(naive_ste=16e-3, reactnet=4e-3)
+FP_LR = 2e-3
+METHODS = ("naive_ste", "reactnet", "bitat", "bitat_distill")
+BASELINES = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
+STEP_KINDS = {"naive_ste": ("naive_ste",), "reactnet": ("reactnet_step1", "reactnet_step2")}
+# Kinds of BiTAT's per-layer work (``BiTATResult.seconds_by_kind``), outside its steps.
+PER_LAYER_KINDS = (
+    "thresholds",
+    "statistics",
+    "grouping",
+    "pca",
+    "batchnorm",
+    "evaluate",
+    "diagnostics",
+    "compile",
+    "other",
+)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Seconds of every batch of every ``fit`` call it sees, and when the first optimizer
+    step of all ended (``first``, on the ``time.perf_counter`` clock)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fits = []
+        self.first = None
+        self._last = None
+
+    def on_train_begin(self, logs=None):
+        self.fits.append([])
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.fits[-1].append(now - self._last)
+        self._last = now
+        if self.first is None:
+            self.first = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last = time.perf_counter()
+
+    def summary(self):
+        """Per fit: steps, seconds of its first step (tracing included), median and mean
+        milliseconds of the others."""
+        out = []
+        for seconds in self.fits:
+            rest = seconds[1:] or seconds
+            out.append(
+                {
+                    "steps": len(seconds),
+                    "first_seconds": seconds[0] if seconds else 0.0,
+                    "median_ms": 1000.0 * float(np.median(rest)) if rest else 0.0,
+                    "mean_ms": 1000.0 * float(np.mean(rest)) if rest else 0.0,
+                }
+            )
+        return out
+
+    def step_ms(self, fit):
+        """Median milliseconds of a steady step of fit number ``fit`` (the first batch,
+        which traces, left out)."""
+        seconds = self.fits[fit][1:] or self.fits[fit]
+        return 1000.0 * float(np.median(seconds))
+
+
+def network(name, shape, classes):
+    settings = NETWORKS[name]
+    return bk.models.reactnet_mobilenet(
+        shape,
+        num_classes=classes,
+        width_multiplier=settings["width"],
+        blocks=settings["blocks"],
+        stem_strides=settings["stem_strides"],
+    )
+
+
+def train_fp(model, data, epochs, batch):
+    """The pre-trained model: Adam with linear decay, then BatchNorm re-estimated; returns
+    the milliseconds of a steady full-precision step."""
+    timer = StepTimer()
+    x, y = data
+    steps = epochs * int(np.ceil(len(x) / batch))
+    model.compile(
+        keras.optimizers.Adam(training.linear_decay(FP_LR, steps)),
+        training.task_loss(),
+        jit_compile=training.jit_compile(),
+    )
+    model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
+    training.recalibrate_batchnorm(model, (x[i : i + batch] for i in range(0, 20 * batch, batch)))
+    return timer.step_ms(0)
+
+
+def bitat_steps(result, timer):
+    """ms per step of BiTAT's phases: the quantize phase of the first, middle and last
+    layer, and the final phase (the fits line up with the history's records)."""
+    quantize = [i for i, h in enumerate(result.history) if h["phase"] == "quantize"]
+    out = {}
+    for label, i in (
+        ("quantize_first", quantize[0]),
+        ("quantize_middle", quantize[len(quantize) // 2]),
+        ("quantize_last", quantize[-1]),
+    ):
+        out[label] = timer.step_ms(i)
+    finals = [i for i, h in enumerate(result.history) if h["phase"] == "final"]
+    if finals:
+        out["final"] = timer.step_ms(finals[0])
+    return out
+
+
+def per_layer_work(result, layers, step_seconds):
+    """BiTAT's seconds outside its optimizer steps, per layer, by kind, and in steps of
+    ``step_seconds`` (a steady step of the same network): ``total`` is the work between
+    steps (statistics, grouping, PCA, BatchNorm re-estimation, validation, checkpoints,
+    the rest of the loop), ``compile`` the tracing of the phases' steps, apart."""
+    kinds = result.seconds_by_kind()
+    seconds = {k: kinds.get(k, 0.0) / layers for k in PER_LAYER_KINDS}
+    total = (kinds["overhead"] - kinds["compile"]) / layers
+    return {
+        "seconds": seconds,
+        "total_seconds": total,
+        "steps": {k: v / step_seconds for k, v in seconds.items()},
+        "total_steps": total / step_seconds,
+        "compile_steps": seconds["compile"] / step_seconds,
+        "overhead_share": kinds["overhead_share"],
+    }
+
+
+def run_method(method, fp, train, epochs, batch, seed):
+    """Train one method from ``fp``; returns (model, row)."""
+    timer = StepTimer()
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    row = {}
+    if method in BASELINES:
+        model, seconds = BASELINES[method](
+            fp,
+            train,
+            epochs=epochs,
+            learning_rate=BASELINE_LR[method],
+            batch_size=batch,
+            callbacks=[timer],
+        )
+        row["step_ms"] = {name: timer.step_ms(i) for i, name in enumerate(STEP_KINDS[method])}
+    else:
+        config = bk.BiTATConfig(
+            batch_size=batch,
+            seed=seed,
+            distillation="all" if method == "bitat_distill" else "none",
+        )
+        result = bk.progressive_fit(fp, train, config=config, callbacks=[timer], verbose=0)
+        model, seconds = result.model, result.seconds
+        row["step_ms"] = bitat_steps(result, timer)
+        layers = sum(h["phase"] == "quantize" for h in result.history)
+        row["per_layer"] = per_layer_work(
+            result, layers, float(np.median([s for f in timer.fits for s in f[1:]]))
+        )
+        row["seconds_by_kind"] = result.seconds_by_kind()
+        row["traces"] = result.traces
+        row["config"] = config.to_dict()
+    row["seconds"] = seconds
+    row["fits"] = timer.summary()
+    row["first_step_seconds"] = timer.first - start
+    row["steps"] = int(sum(len(f) for f in timer.fits))
+    return model, row
+
+
+def targets(rows):
+    """The issue's targets, as far as these rows measure them."""
+    out = {}
+    if "bitat" in rows and "naive_ste" in rows:
+        ratio = rows["bitat"]["seconds"] / rows["naive_ste"]["seconds"]
+        out["bitat_over_naive_ste"] = {"value": ratio, "target": 0.9, "met": ratio <= 0.9}
+    if "bitat_distill" in rows and "reactnet" in rows:
+        ratio = rows["bitat_distill"]["seconds"] / rows["reactnet"]["seconds"]
+        out["bitat_distill_over_reactnet"] = {"value": ratio, "target": 0.8, "met": ratio <= 0.8}
+    for method in ("bitat", "bitat_distill"):
+        if method in rows:
+            steps = rows[method]["per_layer"]["total_steps"]
+            out[f"{method}_per_layer_steps"] = {"value": steps, "target": 10, "met": steps <= 10}
+    return out
+
+
+def markdown(report):
+    rows = report["rows"]
+    lines = [
+        f"# Cost at equal epochs: `{report['network']}` network, {report['backend']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Code: {report['code']}",
+        "",
+        f"Machine: {report['machine']}; {report['versions']}. One process, one method "
+        f"after another. {report['images']} training images, {report['epochs']} epochs "
+        f"each (BiTAT's default schedule on {report['layers']} layers), batch "
+        f"{report['batch']}; full precision: {100 * report['fp']['accuracy']:.2f} % "
+        f"({report['fp']['step_ms']:.1f} ms per step).",
+        "",
+        "| method | seconds | / naive STE | test accuracy | first step (s) | ms per step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    base = rows.get("naive_ste", {}).get("seconds")
+    for method, row in rows.items():
+        ratio = f"{row['seconds'] / base:.2f}x" if base else "-"
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in row["step_ms"].items())
+        lines.append(
+            f"| {method} | {row['seconds']:.1f} | {ratio} | {100 * row['accuracy']:.2f} % | "
+            f"{row['first_step_seconds']:.1f} | {steps} |"
+        )
+    lines += ["", "BiTAT's work outside its optimizer steps, per layer:", ""]
+    lines += [
+        "| method | "
+        + " | ".join(PER_LAYER_KINDS)
+        + " | work s (all but compile) | work in steps | compile in steps |",
+        "| --- " * (len(PER_LAYER_KINDS) + 4) + "|",
+    ]
+    for method in ("bitat", "bitat_distill"):
+        if method not in rows:
+            continue
+        work = rows[method]["per_layer"]
+        cells = " | ".join(f"{work['seconds'][k]:.2f}" for k in PER_LAYER_KINDS)
+        lines.append(
+            f"| {method} | {cells} | {work['total_seconds']:.2f} | {work['total_steps']:.1f} | "
+            f"{work['compile_steps']:.1f} |"
+        )
+    lines += ["", "| target | value | goal | met |", "| --- | --- | --- | --- |"]
+    for name, t in report["targets"].items():
+        lines.append(f"| {name} | {t['value']:.2f} | <= {t['target']} | {t['met']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(rows)
+    train, other = [], []
+    for method in names:
+        row = rows[method]
+        outside = row.get("seconds_by_kind", {}).get("overhead", 0.0)
+        train.append(row["seconds"] - outside)
+        other.append(outside)
+    left.bar(names, train, label="optimizer steps (the baselines' tracing included)")
+    left.bar(names, other, bottom=train, label="BiTAT: tracing and work between steps")
+    left.set_ylabel("seconds")
+    left.set_title(f"{report['epochs']} epochs each")
+    left.legend(fontsize=7, loc="lower left")
+    kinds = [(m, k, v) for m in names for k, v in rows[m]["step_ms"].items()]
+    labels = [f"{m}\n{k}" if m.startswith("bitat") else k for m, k, _ in kinds]
+    right.barh(range(len(kinds)), [v for _, _, v in kinds], tick_label=labels)
+    right.axvline(report["fp"]["step_ms"], color="k", ls="--", lw=1, label="full precision")
+    right.set_xlabel("ms per optimizer step")
+    right.tick_params(axis="y", labelsize=6)
+    right.legend(fontsize=7)
+    fig.suptitle(f"Cost: {report['network']} network, {report['backend']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def code_version():
+    """The repository's commit (``git describe --always --dirty``), or "unknown"."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="cpu")
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument("--fp-epochs", type=int, default=10)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    settings = NETWORKS[args.network]
+    train = datasets.load(settings["dataset"], "train", limit=args.images, seed=0)
+    test = datasets.load(settings["dataset"], "test", limit=args.test_images, seed=0)
+    shape, classes = train[0].shape[1:], datasets.num_classes(settings["dataset"])
+    batch = settings["batch"]
+    keras.utils.set_random_seed(args.seed)
+    fp = network(args.network, shape, classes)
+    fp_ms = train_fp(fp, train, args.fp_epochs, batch)
+    layers = len(bk.models.eligible_layers(fp))
+    defaults = bk.BiTATConfig()
+    epochs = int(layers * defaults.epochs_per_layer + defaults.final_epochs)
+    report = {
+        "command": " ".join(["python", "benchmarks/cost.py", *(argv or sys.argv[1:])]),
+        "code": code_version(),
+        "machine": f"{platform.release()}, {os.cpu_count()} CPUs",
+        "versions": f"keras {keras.__version__}, {keras.backend.backend()}",
+        "backend": keras.backend.backend(),
+        "network": args.network,
+        "images": len(train[0]),
+        "test_images": len(test[0]),
+        "batch": batch,
+        "layers": layers,
+        "epochs": epochs,
+        "fp": {"accuracy": training.accuracy(fp, *test), "step_ms": fp_ms},
+        "rows": {},
+    }
+    name = f"cost_{args.network}_{report['backend']}"
+    os.makedirs(args.out, exist_ok=True)
+    for method in args.methods.split(","):
+        print(f"[cost] {method}: {epochs} epochs", flush=True)
+        model, row = run_method(method, fp, train, epochs, batch, args.seed)
+        row["accuracy"] = training.accuracy(model, *test)
+        report["rows"][method] = row
+        print(f"[cost] {method}: {row['seconds']:.1f} s, {100 * row['accuracy']:.2f} %", flush=True)
+        report["targets"] = targets(report["rows"])
+        with open(os.path.join(args.out, name + ".json"), "w") as f:
+            json.dump(report, f, indent=1)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write(markdown(report))
+    plot(report, os.path.join(args.out, name + ".png"))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
