@@ -132,7 +132,7 @@ class PhaseRunner:
         self.trainer.compile(loss=self.loss, metrics=["accuracy"])  # evaluate() before a phase
         self.example = self.data.sample(2, config.seed)  # builds each phase's metrics
         self.ckpt = None
-        self.bn_stale = True
+        self.bn_stale = False  # the pre-trained statistics hold until a phase trains
         self.history = []
         self.transforms = []  # closed blocks (TrainedBlock)
         self.grouping = {}  # layer name -> (group ids or None, k) once it has joined

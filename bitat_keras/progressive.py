@@ -139,7 +139,10 @@ class _Algorithm1(PhaseRunner):
             self.grouping[name] = (None, d)
             record["groups"] = d
             return
-        self.recalibrate(record, index)  # the statistics run in inference mode
+        # the statistics run in inference mode; the BatchNorm samples are those of the
+        # re-estimation after the layer below (as a checkpoint's), so runs with and without
+        # checkpoints take the same statistics
+        self.recalibrate(record, index - 1 if index else None)
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
