@@ -8,7 +8,7 @@ it starts each phase with a fresh optimizer.
   on by two gate variables (0: real, 1: binary, with one-padding), so that statistics,
   BatchNorm re-estimation and evaluation run one network in every state;
 - ``PhaseTrainer``: the model ``fit`` runs. Each phase traces its own train step
-  (``start_phase``): only the phase's trainable weights are differentiated, so the backward
+  (``phase``): only the phase's trainable weights are differentiated, so the backward
   pass stops at the lowest layer that trains (every layer below is frozen); the teacher runs
   only in a phase whose loss uses it; only the quantized block's Eq. 13 terms are computed.
 
@@ -136,7 +136,7 @@ class PhaseTrainer(keras.Model):
 
     Loss: the task loss, or (``set_distill(True)``) the cross-entropy to the frozen
     teacher's softmax; plus, for the block set by ``set_block``, the penalty, Reg(s, V) and
-    the l1 term of Eq. 13. ``start_phase`` compiles the step of one phase: a fresh Adam
+    the l1 term of Eq. 13. ``phase`` compiles the step of one phase: a fresh Adam
     over exactly the weights that train in it, the only ones differentiated.
 
     Args:
@@ -212,7 +212,7 @@ class PhaseTrainer(keras.Model):
         self.train_function = self.test_function = None
 
     @contextlib.contextmanager
-    def phase(self, trainable, loss, learning_rate, steps, example, jit_compile=None):
+    def phase(self, trainable, loss, learning_rate, steps, example):
         """Within the block, ``fit`` trains one phase: only the variables whose ids are in
         ``trainable`` are trainable (the others, frozen, get no gradient and no optimizer
         state), with a fresh Adam whose rate decays linearly from ``learning_rate`` to 0
@@ -222,7 +222,7 @@ class PhaseTrainer(keras.Model):
         ``example``: a few ``(x, y)`` samples that build the metrics before the step is
         traced (under TensorFlow a metric built inside the first trace makes it trace
         twice)."""
-        variables = [v for v in self.trainable_variables]
+        variables = list(self.trainable_variables)
         for v in variables:
             v.trainable = id(v) in trainable
         gated = [self.student.get_layer(name) for name in self.names]
@@ -234,7 +234,7 @@ class PhaseTrainer(keras.Model):
                 optimizer=optimizer,
                 loss=loss,
                 metrics=["accuracy"],
-                jit_compile=training.jit_compile() if jit_compile is None else jit_compile,
+                jit_compile=training.jit_compile(),
             )
             optimizer.build(self.trainable_variables)
             x, y = example
