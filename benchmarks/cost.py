@@ -140,7 +140,8 @@ def train_fp(model, data, epochs, batch):
         jit_compile=training.jit_compile(),
     )
     model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
-    training.recalibrate_batchnorm(model, (x[i : i + batch] for i in range(0, 20 * batch, batch)))
+    starts = range(0, min(20 * batch, len(x)), batch)
+    training.recalibrate_batchnorm(model, (x[i : i + batch] for i in starts))
     return timer.step_ms(0)
 
 

@@ -219,9 +219,9 @@ class PhaseTrainer(keras.Model):
         over ``steps`` (Algorithm 1's new optimizer per phase). The train step is traced
         anew for the phase, with every gate fixed at its value (the gates do not change
         during a phase); afterwards every variable is trainable again, as before.
-        ``example``: a few ``(x, y)`` samples that build the metrics before the step is
-        traced (under TensorFlow a metric built inside the first trace makes it trace
-        twice)."""
+        ``example``: a few ``(x, y)`` samples whose shapes build the metrics before the
+        step is traced (under TensorFlow a metric built inside the first trace makes it
+        trace twice)."""
         variables = list(self.trainable_variables)
         for v in variables:
             v.trainable = id(v) in trainable
@@ -238,7 +238,7 @@ class PhaseTrainer(keras.Model):
             )
             optimizer.build(self.trainable_variables)
             x, y = example
-            self.compute_metrics(x, y, self(x, training=False))
+            self.compute_metrics(x, y, self._output_like(x))
             self.reset_metrics()
             yield optimizer
         finally:
@@ -246,6 +246,16 @@ class PhaseTrainer(keras.Model):
                 v.trainable = True
             for layer in gated:
                 object.__setattr__(layer, "fixed", None)
+
+    def _output_like(self, x):
+        """Zeros shaped as the network's output for ``x``: what building the metrics needs,
+        without a forward pass (a model without one symbolic output runs the forward)."""
+        try:
+            shape = tuple(self.student.output.shape[1:])
+        except (AttributeError, ValueError):
+            return self(x, training=False)
+        rows = keras.tree.flatten(x)[0].shape[0]
+        return ops.zeros((rows, *shape), dtype=self.student.output.dtype)
 
     def block_terms(self, index):
         """(penalty, reg, l1) of block ``index`` for its members' current kernels."""

@@ -81,7 +81,8 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
 
     Args:
         net: the model whose forward (in training mode) runs the BatchNorms.
-        batches: an iterable of input batches.
+        batches: an iterable of input batches; empty batches (0 rows, as a slice past the
+            data's end gives) are skipped: their mean and variance are undefined.
         layers: the BatchNormalization layers to re-estimate (default: every trainable one
             of ``net.layers``); the others keep their statistics.
         reuse_key: None (trace the forward for this call), or a hashable: later calls with
@@ -91,7 +92,7 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
             gate): such state is read at its value of the first trace.
 
     Returns:
-        The number of batches used.
+        The number of (non-empty) batches used.
     """
     every = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
     bns = [layer for layer in every if layer.trainable] if layers is None else list(layers)
@@ -99,6 +100,7 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
         return 0
     others = [layer for layer in every if all(layer is not bn for bn in bns)]
     momenta = [bn.momentum for bn in bns + others]
+    batches = (x for x in batches if keras.tree.flatten(x)[0].shape[0] != 0)
     count = 0
     try:
         for bn in others:

@@ -192,6 +192,13 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
         np.testing.assert_array_equal(statistics(bn), kept)
         assert bn.momentum == 0.99
 
+    # A slice past the data's end is empty: skipped, not averaged in as NaN statistics.
+    chunks = [x[i : i + 128] for i in range(0, 2 * len(x), 128)]
+    used = bk.progressive.recalibrate_batchnorm(model, chunks)
+    assert used == sum(len(c) > 0 for c in chunks) < len(chunks)
+    for bn in bns:
+        assert np.isfinite(statistics(bn)).all()
+
 
 @pytest.mark.parametrize(
     "data, match",
