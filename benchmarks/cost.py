@@ -4,7 +4,7 @@ another: naive STE, ReActNet's two steps, BiTAT at ``BiTATConfig()`` and BiTAT w
 step of every kind of step, BiTAT's per-layer work by kind (in seconds and in training
 steps of the same network) and the time from the call to the first optimizer step.
 
-    python benchmarks/cost.py --network cpu --images 20000            # the issue's setting
+    python benchmarks/cost.py --network cpu --images 20000            # the cpu network's setting
     KERAS_BACKEND=jax python benchmarks/cost.py --network cpu --images 6000
     python benchmarks/cost.py --network full --images 2000
 
@@ -220,7 +220,8 @@ def run_method(method, fp, train, epochs, batch, seed):
 
 
 def targets(rows):
-    """The issue's targets, as far as these rows measure them."""
+    """The cost targets (BiTAT <= 0.9x naive STE, BiTAT with the teacher <= 0.8x ReActNet,
+    per-layer work <= 10 steps), as far as these rows measure them."""
     out = {}
     if "bitat" in rows and "naive_ste" in rows:
         ratio = rows["bitat"]["seconds"] / rows["naive_ste"]["seconds"]

@@ -7,10 +7,9 @@ Q_orig/Q_ours, flatbuffer size and CPU latency.
     python benchmarks/paper_table.py --preset mini           # seconds (the test suite)
 
 Every row uses the same network, data, preprocessing, batch size and seeds. Budgets are
-wall-clock: 1x is ReActNet's training time at its converged epoch count; BiTAT at Nx gets N
-times ReActNet's optimizer steps (at its defaults, on the task loss, BiTAT does not run the
-full-precision model as a teacher, so its steps cost less than ReActNet's), and every row
-reports the seconds it actually took; the plot puts each row at its measured seconds. Writes
+epochs: 1x is ReActNet's converged epoch count on the preset; every row at Nx trains N times
+those epochs (BiTAT spreads them over its phases), and every row reports the seconds it
+actually took; the plot puts each row at its measured seconds. Writes
 benchmarks/results/<preset>.json, <preset>.md and <preset>_accuracy_vs_cost.png.
 """
 

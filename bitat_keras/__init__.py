@@ -16,6 +16,7 @@ except ModuleNotFoundError as error:  # TensorFlow is an extra: it may be missin
 
 from bitat_keras import (
     analysis,
+    baselines,
     callbacks,
     constraints,
     datasets,
@@ -30,6 +31,7 @@ from bitat_keras import (
     training,
     transform,
 )
+from bitat_keras.baselines import naive_ste, reactnet_two_step
 from bitat_keras.binarization_plan import BinarizationPlan, plan
 from bitat_keras.checkpoint import CheckpointError
 from bitat_keras.config import BiTATConfig
@@ -42,6 +44,7 @@ __version__ = "0.2.0"
 __all__ = [
     "BiTATConfig",
     "analysis",
+    "baselines",
     "callbacks",
     "datasets",
     "BiTATResult",
@@ -56,9 +59,11 @@ __all__ = [
     "layers",
     "models",
     "multi_worker",
+    "naive_ste",
     "plan",
     "progressive_fit",
     "quantizers",
+    "reactnet_two_step",
     "regularizers",
     "structure",
     "thresholds",

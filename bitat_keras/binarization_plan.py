@@ -10,11 +10,14 @@ one-signed (after a ReLU, ``sign`` maps every value to +1).
 import dataclasses
 import warnings
 
+import keras
+
 from bitat_keras._data import sample_images
 from bitat_keras.precision import mixed_precision_of
 from bitat_keras.structure import (
     check_model,
     decisions,
+    flatten_model,
     has_shortcut,
     predecessors,
     relu_fed,
@@ -182,6 +185,8 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
         >>> print(bk.plan(model, x_train[:256]))  # doctest: +SKIP
     """
     check_model(model, training=data is not None)  # statistics need one image input
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    model = flatten_model(model)
     preds = predecessors(model)
     rows = []
     for layer, reason in decisions(model):
@@ -207,6 +212,12 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
             r.one_signed_share = s.one_signed_share
             r.threshold = input_quantized and s.needs_threshold
             r.constant_input = bool(s.constant.all())
+    if nested:
+        result.warnings.append(
+            f"the model nests the sub-model(s) {_names(nested)}: they are planned, binarized "
+            "and trained as one flat model (their layers keep their names unless two "
+            "clash), and the binarized model comes back flat."
+        )
     _advise(result, model)
     if warn:
         for message in result.warnings:

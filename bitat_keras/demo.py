@@ -22,10 +22,10 @@ DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
 def build_parser(prog="bitat-keras demo"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "digits"])
-    p.add_argument("--train-size", type=int, default=12000, help="training images (subset)")
+    p.add_argument("--train-size", type=int, default=6000, help="training images (subset)")
     p.add_argument("--test-size", type=int, default=2000, help="test images (subset)")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the network")
-    p.add_argument("--fp-epochs", type=int, default=15, help="epochs of full-precision training")
+    p.add_argument("--width", type=float, default=0.75, help="width multiplier of the network")
+    p.add_argument("--fp-epochs", type=int, default=10, help="epochs of full-precision training")
     defaults = BiTATConfig()
     p.add_argument(
         "--epochs-per-layer",

@@ -123,13 +123,21 @@ class BinaryConv2D(keras.layers.Conv2D):
 
     def quantized_kernel(self):
         """The kernel the convolution uses: ``alpha[o] * sign(w)`` (STE gradient)."""
+        kernel, scale = self.kernel_and_scale()
+        return kernel if scale is None else kernel * scale
+
+    def kernel_and_scale(self):
+        """``(sign(w), alpha)`` (alpha None without a per-channel scale), or ``(w, None)``
+        for a real kernel. The convolution multiplies its output by alpha instead of its
+        kernel: a sum of +-1 products is an exact integer in float32, so an output that is
+        0 is exactly 0, as in LCE's integer kernel, and the next sign agrees with LCE's."""
         w = self.kernel
         if self.kernel_quantizer is None:
-            return w
+            return w, None
         kernel = self.kernel_quantizer(w)
-        if self.kernel_scale == "per_channel":
-            kernel = kernel * quantizers.channel_scale(w)
-        return kernel
+        if self.kernel_scale != "per_channel":
+            return kernel, None
+        return kernel, quantizers.channel_scale(w)
 
     def _one_padding(self, shape):
         pads = []
@@ -158,10 +166,11 @@ class BinaryConv2D(keras.layers.Conv2D):
             if padding == "same" and self.pad_values != 0.0:
                 x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
                 padding = "valid"
-        return self._convolve(x, self.quantized_kernel(), padding)
+        return self._convolve(x, *self.kernel_and_scale(), padding)
 
-    def _convolve(self, x, kernel, padding):
-        """The convolution of the (already quantized and padded) input, bias, activation."""
+    def _convolve(self, x, kernel, scale, padding):
+        """The convolution of the (already quantized and padded) input, times the
+        per-channel ``scale`` (if any), bias, activation."""
         outputs = ops.conv(
             x,
             kernel,
@@ -170,6 +179,10 @@ class BinaryConv2D(keras.layers.Conv2D):
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
         )
+        if scale is not None:
+            if self.data_format == "channels_first":
+                scale = ops.reshape(scale, (-1, 1, 1))
+            outputs = outputs * scale
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:

@@ -6,7 +6,7 @@ from bitat_keras._data import sample_images
 from bitat_keras.binarization_plan import plan
 from bitat_keras.layers import BinaryConv2D, LearnableBias, RPReLU
 from bitat_keras.precision import float32_config, float32_policy
-from bitat_keras.structure import check_model, eligible_layers, walk_layers
+from bitat_keras.structure import check_model, eligible_layers, flatten_model, walk_layers
 from bitat_keras.summary import summary
 from bitat_keras.thresholds import NO_DATA_THRESHOLD, set_thresholds
 
@@ -176,6 +176,7 @@ def binarize(
             f"Model {model.name!r} is not built. Build it (call it on data or give it an "
             "Input) before binarizing."
         )
+    model = flatten_model(model)  # nested sub-models: one flat network
     names = set(eligible_layers(model))
     if thresholds == "auto":
         decided = plan(

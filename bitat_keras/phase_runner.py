@@ -21,6 +21,7 @@ from bitat_keras.block import BlockTransform
 from bitat_keras.callbacks import flip_rate, kernel_signs
 from bitat_keras.config import check_phase_steps
 from bitat_keras.models import binarize, eligible_layers
+from bitat_keras.structure import flatten_model
 from bitat_keras.thresholds import set_thresholds
 from bitat_keras.trained_block import TrainedBlock, partition
 
@@ -86,6 +87,7 @@ class PhaseRunner:
         if verbose:
             print(self.plan, flush=True)
         self.plan.check()
+        model = flatten_model(model)  # nested sub-models: one flat network (the plan says so)
         plain = binarize(
             model,
             input_quantizer=config.input_quantizer,

@@ -86,8 +86,12 @@ class GatedBinaryConv2D(BinaryConv2D):
             x = ops.pad(x, pads) + ops.where(on_input, border, ops.zeros_like(border))
             padding = "valid"
         w = ops.convert_to_tensor(self.kernel)
-        kernel = ops.where(self.gates.kernel > 0.5, self.quantized_kernel(), w)
-        return self._convolve(x, kernel, padding)
+        on_kernel = self.gates.kernel > 0.5
+        binary, scale = self.kernel_and_scale()
+        kernel = ops.where(on_kernel, binary, w)
+        if scale is not None:
+            scale = ops.where(on_kernel, scale, ops.ones_like(scale))
+        return self._convolve(x, kernel, scale, padding)
 
     def _fixed_call(self, x, binary_input, binary_kernel):
         """What ``call`` selects for gates fixed at these values, without computing the
@@ -98,8 +102,8 @@ class GatedBinaryConv2D(BinaryConv2D):
             if padding == "same" and self.pad_values != 0.0:
                 x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
                 padding = "valid"
-        kernel = self.quantized_kernel() if binary_kernel else self.kernel
-        return self._convolve(x, kernel, padding)
+        kernel, scale = self.kernel_and_scale() if binary_kernel else (self.kernel, None)
+        return self._convolve(x, kernel, scale, padding)
 
 
 def _swap_conv_class(model, cls, names, quantizers_of=None):

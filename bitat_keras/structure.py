@@ -12,11 +12,13 @@ from bitat_keras.layers import BinaryConv2D
 __all__ = [
     "check_model",
     "eligible_layers",
+    "flatten_model",
     "float_reason",
     "has_shortcut",
     "is_conv",
     "predecessors",
     "relu_fed",
+    "require_graph",
     "walk_layers",
 ]
 
@@ -43,6 +45,139 @@ def walk_layers(layer):
     for sub in getattr(layer, "layers", None) or ():
         yield sub
         yield from walk_layers(sub)
+
+
+def require_graph(model):
+    """Raise unless ``model`` is a functional or Sequential model, whose layers and their
+    wiring can be read (a subclassed model's ``call`` is Python code)."""
+    graph = isinstance(model, keras.Sequential) or any(
+        cls.__name__ == "Functional" for cls in type(model).__mro__
+    )
+    if not graph:
+        raise ValueError(
+            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}): its "
+            "call() is Python code, so the order and wiring of its layers cannot be read and "
+            "no conv in it can be replaced. Build the same layers as a functional model "
+            "(call them on a keras.Input) or a Sequential one, and copy the weights over "
+            "with set_weights()."
+        )
+
+
+def _is_tensor_spec(obj):
+    return isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__"
+
+
+def _replay(model, inputs, copy, call):
+    """Call copies of a functional ``model``'s layers on ``inputs`` (tensors of another
+    graph), node by node as its config wires them; the outputs, shaped as ``model``'s."""
+    config = model.get_config()
+
+    def history(spec):
+        return tuple(spec["config"]["keras_history"])
+
+    def keys(specs):  # ["name", node, tensor] or a list of them
+        return [tuple(specs)] if isinstance(specs[0], str) else [tuple(k) for k in specs]
+
+    tensors = dict(zip(keys(config["input_layers"]), keras.tree.flatten(inputs), strict=True))
+    pending = [
+        (spec["name"], index, node)
+        for spec in config["layers"]
+        if spec["class_name"] != "InputLayer"
+        for index, node in enumerate(spec["inbound_nodes"])
+    ]
+    copies = {}
+    while pending:
+        ready = [p for p in pending if all(
+            history(t) in tensors for t in _tensor_specs(p[2]))]  # fmt: skip
+        if not ready:
+            raise ValueError(f"Cannot read the graph of model {model.name!r} from its config.")
+        for name, index, node in ready:
+            if name not in copies:
+                copies[name] = copy(model.get_layer(name))
+
+            def resolve(obj):
+                if _is_tensor_spec(obj):
+                    return tensors[history(obj)]
+                if isinstance(obj, dict):
+                    return {k: resolve(v) for k, v in obj.items()}
+                if isinstance(obj, list | tuple):
+                    return type(obj)(resolve(v) for v in obj)
+                return obj
+
+            out = call(copies[name], *resolve(node["args"]), **resolve(node["kwargs"]))
+            for i, tensor in enumerate(keras.tree.flatten(out)):
+                tensors[(name, index, i)] = tensor
+        pending = [p for p in pending if p not in ready]
+    outputs = [tensors[k] for k in keys(config["output_layers"])]
+    return outputs[0] if isinstance(config["output_layers"][0], str) else outputs
+
+
+def _tensor_specs(obj):
+    if _is_tensor_spec(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensor_specs(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensor_specs(v)]
+    return []
+
+
+def flatten_model(model):
+    """``model`` with every nested functional or Sequential sub-model (at any depth)
+    replaced by its layers, called on the outer model's tensors, so that binarization sees
+    every conv; ``model`` itself when it nests no model. The new model's layers are copies
+    with the same weights (a sub-model's layer whose name another layer already has gets
+    the sub-model's name as a prefix); the user's model is left as it is.
+
+    Example:
+        >>> base = keras.applications.MobileNet((32, 32, 3), alpha=0.25, weights=None,
+        ...                                     include_top=False, pooling="avg")
+        >>> flat = flatten_model(keras.Sequential([base, keras.layers.Dense(10)]))
+    """
+    require_graph(model)
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    for layer in walk_layers(model):
+        if isinstance(layer, keras.Model):
+            require_graph(layer)
+    names = set()
+    pairs = []  # (original layer, its copy), to copy the weights once the graph is built
+
+    def copy(layer, prefix=""):
+        if isinstance(layer, keras.Model):
+            return layer  # inlined by ``call``
+        config = layer.get_config()
+        name = config["name"]
+        if name in names:
+            name = f"{prefix}_{name}" if prefix else name
+            while name in names:
+                name += "_"
+        names.add(name)
+        config["name"] = name
+        new = layer.__class__.from_config(config)
+        pairs.append((layer, new))
+        return new
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.Model):
+            return inline(layer, args[0])
+        return layer(*args, **kwargs)
+
+    def inline(sub, inputs, prefix=None):
+        prefix = sub.name if prefix is None else prefix
+        if isinstance(sub, keras.Sequential):
+            x = inputs
+            for layer in sub.layers:
+                x = call(copy(layer, prefix), x)
+            return x
+        return _replay(sub, inputs, lambda layer: copy(layer, prefix), call)
+
+    spec = model.inputs[0]
+    inputs = keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=spec.name)
+    outputs = inline(model, inputs, prefix="")
+    for original, new in pairs:
+        new.set_weights(original.get_weights())
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def is_conv(layer):
@@ -210,8 +345,8 @@ def check_model(model, what="model", training=True):
     this library can handle.
 
     For conversion (``training=False``) that is any built model. For ``progressive_fit``
-    (``training=True``) also: one input, and no nested sub-model holding convolutions (their
-    convs would be skipped silently: build the model flat).
+    (``training=True``) also: one input. (Nested sub-models are inlined by
+    ``flatten_model``.)
 
     Args:
         model: the object to check.
@@ -226,6 +361,8 @@ def check_model(model, what="model", training=True):
             f"`{what}` must be a keras.Model (functional or Sequential). "
             f"Received: {model!r} of type {type(model).__name__}"
         )
+    if training:
+        require_graph(model)
     if not model.built or (training and not getattr(model, "inputs", None)):
         raise ValueError(
             f"Model {model.name!r} is not built: give it a `keras.Input` (a functional or "
@@ -238,12 +375,3 @@ def check_model(model, what="model", training=True):
             f"Model {model.name!r} has {len(model.inputs)} inputs; progressive_fit needs a "
             "model with exactly one image input."
         )
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and any(
-            isinstance(sub, keras.layers.Conv2D) for sub in walk_layers(layer)
-        ):
-            raise ValueError(
-                f"Model {model.name!r} nests the sub-model {layer.name!r}, which holds "
-                "convolutions progressive_fit would not see. Build the model flat (call the "
-                "sub-model's layers directly on the outer model's tensors)."
-            )

@@ -249,12 +249,6 @@ def test_unsupported_models_and_unbatched_data_get_clear_errors_before_training(
         x = conv(4, 3, padding="same")(inputs[0])
         return conv(4, 3, padding="same", dilation_rate=2, name="dilated")(x)
 
-    def nested(inputs):
-        inner = keras.Sequential(
-            [keras.Input((8, 8, 4)), conv(4, 3, padding="same"), conv(4, 1)], name="inner"
-        )
-        return inner(conv(4, 3, padding="same")(inputs[0]))
-
     def two_inputs(inputs):
         x = keras.layers.Concatenate()(inputs)
         return conv(4, 1)(conv(4, 3, padding="same")(x))
@@ -266,7 +260,6 @@ def test_unsupported_models_and_unbatched_data_get_clear_errors_before_training(
             r"no layer progressive_fit can binarize(.|\n)*dilated  +Conv2D"
             r"  +3x3  +float: dilated \(dilation_rate=\(2, 2\)",
         ),
-        (_functional(nested), "nests the sub-model 'inner'.*Build the model flat"),
         (
             _functional(two_inputs, [keras.Input((8, 8, 1)), keras.Input((8, 8, 1))]),
             "has 2 inputs",

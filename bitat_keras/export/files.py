@@ -227,7 +227,8 @@ def convert_file(
 def lce_benchmark_commands(model_path, threads=(1, 4), runs=100):
     """The shell commands that time ``model_path`` with LCE's ``lce_benchmark_model`` on a
     64-bit ARM Linux board (Raspberry Pi) and on an Android phone over adb, one pair per
-    thread count. Build the binary from larq-compute-engine's repository
+    thread count; each copies the binary (``lce_benchmark_model`` in the current directory,
+    built for the board) and the model. Build the binary from larq-compute-engine's repository
     (``bazel build -c opt --config=aarch64
     //larq_compute_engine/tflite/benchmark:lce_benchmark_model``) or take it from LCE's
     GitHub releases.
@@ -245,7 +246,8 @@ def lce_benchmark_commands(model_path, threads=(1, 4), runs=100):
     for t in threads:
         out.append(
             "# Raspberry Pi 4 / any 64-bit ARM Linux board:\n"
-            f"scp {model_path} pi@raspberrypi.local:~/\n"
+            f"scp lce_benchmark_model {model_path} pi@raspberrypi.local:~/\n"
+            "ssh pi@raspberrypi.local chmod +x lce_benchmark_model\n"
             f"ssh pi@raspberrypi.local ./lce_benchmark_model --graph=$HOME/{name} "
             f"--num_threads={t} --num_runs={runs} --warmup_runs=10"
         )
