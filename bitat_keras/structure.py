@@ -64,7 +64,23 @@ def require_graph(model):
 
 
 def _is_tensor_spec(obj):
-    return isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__"
+    """Whether ``obj`` is a tensor in a serialized node's arguments (with its history)."""
+    return (
+        isinstance(obj, dict)
+        and obj.get("class_name") == "__keras_tensor__"
+        and bool(obj.get("config", {}).get("keras_history"))
+    )
+
+
+def _resolve(obj, tensors):
+    """A serialized node's arguments with every tensor spec replaced by its tensor."""
+    if _is_tensor_spec(obj):
+        return tensors[tuple(obj["config"]["keras_history"])]
+    if isinstance(obj, dict):
+        return {k: _resolve(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_resolve(v, tensors) for v in obj)
+    return obj
 
 
 def _replay(model, inputs, copy, call):
@@ -94,17 +110,8 @@ def _replay(model, inputs, copy, call):
         for name, index, node in ready:
             if name not in copies:
                 copies[name] = copy(model.get_layer(name))
-
-            def resolve(obj):
-                if _is_tensor_spec(obj):
-                    return tensors[history(obj)]
-                if isinstance(obj, dict):
-                    return {k: resolve(v) for k, v in obj.items()}
-                if isinstance(obj, list | tuple):
-                    return type(obj)(resolve(v) for v in obj)
-                return obj
-
-            out = call(copies[name], *resolve(node["args"]), **resolve(node["kwargs"]))
+            args, kwargs = _resolve(node["args"], tensors), _resolve(node["kwargs"], tensors)
+            out = call(copies[name], *args, **kwargs)
             for i, tensor in enumerate(keras.tree.flatten(out)):
                 tensors[(name, index, i)] = tensor
         pending = [p for p in pending if p not in ready]
@@ -250,21 +257,6 @@ def eligible_layers(model):
     return [layer.name for layer, reason in decisions(model) if reason is None]
 
 
-def _history_names(obj, out):
-    """Names of the layers whose output tensors appear in a serialized node's arguments."""
-    if isinstance(obj, dict):
-        history = obj.get("config", {}).get("keras_history") if "config" in obj else None
-        if obj.get("class_name") == "__keras_tensor__" and history:
-            out.append(history[0])
-            return out
-        for value in obj.values():
-            _history_names(value, out)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            _history_names(value, out)
-    return out
-
-
 def predecessors(model):
     """``{layer name: [names of the layers feeding it]}`` for a functional or Sequential
     model (read from its config); None when the graph cannot be read (subclassed models)."""
@@ -278,7 +270,12 @@ def predecessors(model):
     if not isinstance(config, dict) or "layers" not in config:
         return None
     return {
-        spec["name"]: list(dict.fromkeys(_history_names(spec.get("inbound_nodes", []), [])))
+        spec["name"]: list(
+            dict.fromkeys(
+                t["config"]["keras_history"][0]
+                for t in _tensor_specs(spec.get("inbound_nodes", []))
+            )
+        )
         for spec in config["layers"]
     }
 
