@@ -33,6 +33,7 @@ from harness import (
     log,
     same_settings,
 )
+from report import mean_and_error
 
 import bitat_keras as bk
 from bitat_keras import baselines
@@ -368,8 +369,7 @@ def premise_goals(rows, goal, mean):
         seeds = paired_seeds(rows, "bitat_aggregated", "bitat_none")
         diffs = [agg[s]["accuracy"] - none[s]["accuracy"] for s in seeds]
         if len(diffs) >= 2:
-            se = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
-            gain = float(np.mean(diffs))
+            gain, se = mean_and_error(diffs)
             out["transform_aggregated_beats_none_by_0.3_beyond_its_standard_error"] = (
                 gain >= 0.003 and gain > se
             )

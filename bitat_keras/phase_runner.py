@@ -226,9 +226,9 @@ class PhaseRunner:
 
     def recalibrate(self, record, index):
         """Re-estimate every BatchNorm's moving statistics, when training changed them
-        since the last time: they matter only in inference mode (thresholds, evaluation,
-        checkpoints, the returned model; the input statistics use the batch statistics
-        that training uses), and the estimate does not depend on their old values."""
+        since the last time: they matter only in inference mode (the next layer's input
+        statistics, thresholds, evaluation, checkpoints, the returned model), and the
+        estimate does not depend on their old values."""
         if not self.bn_stale:
             return
         start = time.perf_counter()
