@@ -30,8 +30,9 @@ from bitat_keras import training
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import harness  # noqa: E402  (beside this script)
+import render  # noqa: E402
 
-BATCHES = 20  # the committed results were measured at 20 batches per call
+BATCHES = render.BATCHNORM_BATCHES  # batches per call (the report says how many)
 
 
 def networks(mini):
@@ -106,34 +107,6 @@ def measure(name, model, batch, calls, seed):
     return row
 
 
-def markdown(report):
-    lines = [
-        "# BatchNorm re-estimation: eager against jitted (JAX)",
-        "",
-        f"Command: `{report['command']}`  ",
-        f"Backend: {report['backend']} (Keras {report['keras']}, JAX {report['jax']}); "
-        f"machine: {report['machine']}.",
-        "",
-        f"Seconds of one `recalibrate_batchnorm` call ({BATCHES} batches of random images, "
-        "training-mode forward passes); `first` includes compilation, `later` is the mean of "
-        f"the other {report['calls'] - 1} calls, what every further phase of `progressive_fit` "
-        "pays. `difference`: the largest relative difference between the two paths' moving "
-        "statistics.",
-        "",
-        "| network | params | BatchNorms | batch | eager first | eager later | jit first | "
-        "jit later | later speed-up | difference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        lines.append(
-            f"| {r['network']} | {r['params']:,} | {r['batchnorms']} | {r['batch']} | "
-            f"{r['eager']['first']:.2f} | {r['eager']['later']:.3f} | {r['jit']['first']:.2f} | "
-            f"{r['jit']['later']:.3f} | {r['speedup_later']:.1f}x | "
-            f"{r['max_relative_difference']:.0e} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def plot(report, path):
     import matplotlib
 
@@ -188,8 +161,7 @@ def main(argv=None):
     stem = os.path.join(args.out, "batchnorm_time" + ("_mini" if args.mini else ""))
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(report))
+    render.write_markdown(stem + ".json")
     plot(report, stem + ".png")
     return 0
 

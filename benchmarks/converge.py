@@ -19,20 +19,11 @@ import platform
 import sys
 
 import keras
+import render
 from harness import HERE, PRESETS, Bench, log
+from render import converged
 
 from bitat_keras import baselines
-
-GAIN = 0.003  # a doubling that gains less than this on validation: converged
-
-
-def converged(points):
-    """The smallest epoch count whose doubling gains less than ``GAIN`` (None if none)."""
-    by_epochs = {p["epochs"]: p["val_accuracy"] for p in points}
-    for epochs in sorted(by_epochs):
-        if 2 * epochs in by_epochs and by_epochs[2 * epochs] - by_epochs[epochs] < GAIN:
-            return epochs
-    return None
 
 
 def run(preset, out_dir, epoch_counts, seed=0, method="reactnet", learning_rate=None):
@@ -95,14 +86,6 @@ def previous_points(out_dir, preset, method, seed, settings, record):
     return same, [run for run in runs if run["learning_rate"] != lr]
 
 
-def _table(points):
-    return [
-        "| epochs | validation acc. | wall s |",
-        "|---|---|---|",
-        *(f"| {p['epochs']} | {p['val_accuracy']:.2%} | {p['seconds']:.0f} |" for p in points),
-    ]
-
-
 def write(preset, out_dir, method, seed, record, settings, points, earlier=()):
     """Write the report of the points so far (after each one: an interrupted run keeps
     them), with the ``earlier`` learning rates' points below."""
@@ -119,30 +102,11 @@ def write(preset, out_dir, method, seed, record, settings, points, earlier=()):
         "converged_epochs": converged(points),
         "earlier": list(earlier),
     }
-    every = [p for run in [report, *earlier] for p in run["points"]]
-    commands = list(dict.fromkeys(p.get("command", report["command"]) for p in every))
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"converge_{preset}")
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1)
-    lines = [
-        f"# {method} convergence, preset `{preset}` (seed {seed})",
-        "",
-        f"Commands: {', '.join(f'`{c}`' for c in commands)}; "
-        f"machine: {report['machine']['platform']}, "
-        f"{report['machine']['cpus']} CPUs; learning rate {report['learning_rate']:g}.",
-        f"Teacher: test {record.get('accuracy', float('nan')):.2%}, validation "
-        f"{record.get('val_accuracy', float('nan')):.2%}, {record['seconds']:.0f} s.",
-        "",
-        *_table(points),
-        "",
-        f"Converged (doubling gains < {100 * GAIN:g} points): {report['converged_epochs']} epochs.",
-    ]
-    for run in earlier:
-        lines += ["", f"At learning rate {run['learning_rate']:g}:", "", *_table(run["points"])]
-        lines += ["", f"Converged: {converged(run['points'])} epochs."]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    render.write_markdown(base + ".json")
     return report
 
 

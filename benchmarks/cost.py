@@ -23,6 +23,8 @@ import warnings
 
 import keras
 import numpy as np
+import render  # beside this file: on sys.path when run as a script
+from render import PER_LAYER_KINDS
 
 import bitat_keras as bk
 from bitat_keras import baselines, datasets, training
@@ -56,18 +58,6 @@ FP_LR = 2e-3
 METHODS = ("naive_ste", "reactnet", "bitat", "bitat_distill")
 BASELINES = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
 STEP_KINDS = {"naive_ste": ("naive_ste",), "reactnet": ("reactnet_step1", "reactnet_step2")}
-# Kinds of BiTAT's per-layer work (``BiTATResult.seconds_by_kind``), outside its steps.
-PER_LAYER_KINDS = (
-    "thresholds",
-    "statistics",
-    "grouping",
-    "pca",
-    "batchnorm",
-    "evaluate",
-    "diagnostics",
-    "compile",
-    "other",
-)
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -236,54 +226,6 @@ def targets(rows):
     return out
 
 
-def markdown(report):
-    rows = report["rows"]
-    lines = [
-        f"# Cost at equal epochs: `{report['network']}` network, {report['backend']}",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Code: {report['code']}",
-        "",
-        f"Machine: {report['machine']}; {report['versions']}. One process, one method "
-        f"after another. {report['images']} training images, {report['epochs']} epochs "
-        f"each (BiTAT's default schedule on {report['layers']} layers), batch "
-        f"{report['batch']}; full precision: {100 * report['fp']['accuracy']:.2f} % "
-        f"({report['fp']['step_ms']:.1f} ms per step).",
-        "",
-        "| method | seconds | / naive STE | test accuracy | first step (s) | ms per step |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    base = rows.get("naive_ste", {}).get("seconds")
-    for method, row in rows.items():
-        ratio = f"{row['seconds'] / base:.2f}x" if base else "-"
-        steps = ", ".join(f"{k} {v:.0f}" for k, v in row["step_ms"].items())
-        lines.append(
-            f"| {method} | {row['seconds']:.1f} | {ratio} | {100 * row['accuracy']:.2f} % | "
-            f"{row['first_step_seconds']:.1f} | {steps} |"
-        )
-    lines += ["", "BiTAT's work outside its optimizer steps, per layer:", ""]
-    lines += [
-        "| method | "
-        + " | ".join(PER_LAYER_KINDS)
-        + " | work s (all but compile) | work in steps | compile in steps |",
-        "| --- " * (len(PER_LAYER_KINDS) + 4) + "|",
-    ]
-    for method in ("bitat", "bitat_distill"):
-        if method not in rows:
-            continue
-        work = rows[method]["per_layer"]
-        cells = " | ".join(f"{work['seconds'][k]:.2f}" for k in PER_LAYER_KINDS)
-        lines.append(
-            f"| {method} | {cells} | {work['total_seconds']:.2f} | {work['total_steps']:.1f} | "
-            f"{work['compile_steps']:.1f} |"
-        )
-    lines += ["", "| target | value | goal | met |", "| --- | --- | --- | --- |"]
-    for name, t in report["targets"].items():
-        lines.append(f"| {name} | {t['value']:.2f} | <= {t['target']} | {t['met']} |")
-    return "\n".join(lines) + "\n"
-
-
 def plot(report, path):
     import matplotlib
 
@@ -382,10 +324,8 @@ def main(argv=None):
         report["targets"] = targets(report["rows"])
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(report))
+    print(render.write_markdown(os.path.join(args.out, name + ".json")))
     plot(report, os.path.join(args.out, name + ".png"))
-    print(markdown(report))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 
 import harness  # beside this file: on sys.path when run as a script
 import keras
+import render
 from latency import untie
 
 import bitat_keras as bk
@@ -49,20 +50,7 @@ def run(preset, out_dir, runs=None):
     base = os.path.join(out_dir, f"deployment_{preset}")
     with open(base + ".json", "w") as fh:
         json.dump(report, fh, indent=1, default=float)
-    lines = [
-        f"# Deployment, preset `{preset}` network ({report['params']:,} params, input "
-        f"{tuple(report['input_shape'])}), untrained weights",
-        "",
-        f"Command: `{report['command']}`; backend {report['backend']}; {report['cpus']} CPUs.",
-        "",
-        *harness.deployment_markdown(deploy),
-        "",
-        "## Goals",
-        "",
-        *[f"- {k}: {'holds' if v else 'MISSED'}" for k, v in report["goals"].items()],
-    ]
-    with open(base + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    render.write_markdown(base + ".json")
     return report
 
 

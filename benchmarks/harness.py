@@ -439,36 +439,3 @@ def deployment(fp, bnn, x, calibration, runs):
         "lce_over_float_latency_1t": best["lce_1t"]["median"] / best["float_1t"]["median"],
         "lce_over_float_size": len(flatbuffers["lce"]) / len(flatbuffers["float"]),
     }
-
-
-def deployment_markdown(deploy):
-    """The deployment lines (sizes, op count, parity, latency table) of ``deployment()``."""
-    lines = [
-        f"- LCE flatbuffer {deploy['lce_size_bytes'] / 1024:.1f} KiB; float TFLite "
-        f"{deploy['float_tflite_size_bytes'] / 1024:.1f} KiB; int8 TFLite "
-        f"{deploy['int8_tflite_size_bytes'] / 1024:.1f} KiB (LCE/float = "
-        f"{deploy['lce_over_float_size']:.3f})",
-        f"- LceBconv2d ops: {deploy['lce_bconv2d_ops']} of {deploy['binary_layers']} binary "
-        f"layers; parity max |Keras - LCE| = {deploy['parity_max_abs_diff']:.2e}",
-    ]
-    lat = deploy["latency_ms"]
-    if "lce_1t" not in lat:  # reports made before every model ran through one call
-        timings = ", ".join(f"{k} {v:.3f}" for k, v in lat.items())
-        lines.append(f"- single-image latency, median ms (each interpreter's own call): {timings}")
-        return lines
-    lines += [
-        "- single-image latency on this CPU, every model through the same interpreter call, "
-        "best option of each, median (p90) ms:",
-        "",
-        "| model | 1 thread | 2 threads |",
-        "|---|---|---|",
-    ]
-    for kind in ("float", "int8", "lce"):
-        cells = [
-            f"{lat[f'{kind}_{t}t']['median']:.3f} ({lat[f'{kind}_{t}t']['p90']:.3f}) "
-            f"{lat[f'{kind}_{t}t']['option']}"
-            for t in (1, 2)
-        ]
-        lines.append(f"| {kind} | {' | '.join(cells)} |")
-    lines += ["", f"LCE/float latency at 1 thread: {deploy['lce_over_float_latency_1t']:.2f}x."]
-    return lines

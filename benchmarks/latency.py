@@ -27,6 +27,7 @@ import time
 
 import keras
 import numpy as np
+import render  # beside this file: on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -178,57 +179,6 @@ def measure(name, runs, seed=0):
     }
 
 
-def markdown(report):
-    lines = [
-        "# Latency: LCE against float and int8 TFLite, one interpreter path",
-        "",
-        f"Command: `{report['command']}`; {report['machine']}; {report['runs']} timed runs "
-        "after 20 warm-up runs per setting; every model in LCE's interpreter through the same "
-        "call (input copied in, invoke, output copied out). Random weights: latency, sizes "
-        "and ops do not depend on their values. Total wall time "
-        f"{report['total_seconds'] / 60:.1f} min.",
-        "",
-        "Best option of each model, median (p90) ms per image:",
-        "",
-        "| network | params | LCE KiB | float KiB | int8 KiB | LCE 1t | float 1t | int8 1t "
-        "| LCE 2t | float 2t | int8 2t | LCE/float 1t |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, result in report["networks"].items():
-        best, size = result["best"], result["size_kib"]
-
-        def cell(key, best=best):
-            return f"{best[key]['median']:.2f} ({best[key]['p90']:.2f}) {best[key]['option']}"
-
-        lines.append(
-            f"| {name} | {result['params']:,} | {size['lce']:.0f} | {size['float']:.0f} | "
-            f"{size['int8']:.0f} | {cell('lce_1t')} | {cell('float_1t')} | {cell('int8_1t')} | "
-            f"{cell('lce_2t')} | {cell('float_2t')} | {cell('int8_2t')} | "
-            f"{result['lce_over_float_1t']:.2f}x |"
-        )
-    lines += ["", "## Every setting, median (p90) ms", ""]
-    for name, result in report["networks"].items():
-        settings = ", ".join(
-            f"{k} {v['median']:.2f} ({v['p90']:.2f})" for k, v in result["settings"].items()
-        )
-        lines += [f"- {name}: {settings}"]
-    lines += ["", "## Ops of the LCE flatbuffer and the float work between binary convs", ""]
-    for name, result in report["networks"].items():
-        work = result["lce_float_work"]
-        lines += [
-            f"- {name}: ops {result['ops']['lce']}; parity max |Keras - LCE| "
-            f"{result['parity_max_abs_diff']:.2e}; {work['binary_convs']} LceBconv2d of "
-            f"{result['binary_layers']} binary layers; between consecutive binary convs: "
-            f"{work['between']}; before the first: {work['before_first']}; after the last: "
-            f"{work['after_last']}",
-        ]
-    lines += ["", "## Goals", ""]
-    lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in report["goals"].items()]
-    if report.get("notes"):
-        lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
-    return "\n".join(lines) + "\n"
-
-
 def run(networks, runs, out_dir):
     start = time.perf_counter()
     report = {
@@ -251,8 +201,7 @@ def run(networks, runs, out_dir):
     base = os.path.join(out_dir, "latency")
     with open(base + ".json", "w") as fh:
         json.dump(report, fh, indent=1)
-    with open(base + ".md", "w") as fh:
-        fh.write(markdown(report))
+    render.write_markdown(base + ".json")
     return report
 
 

@@ -29,23 +29,11 @@ import warnings
 
 import keras
 import numpy as np
+import render  # beside this file: on sys.path when run as a script
 
 import bitat_keras as bk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-NOTES = """What grows, diagnosed apart from this run (TensorFlow backend; one phase's `fit`
-repeated 20 to 40 times on the network's first 3 blocks): resident memory rises about 0.1 MB
-per Keras `fit` call whatever the data (numpy arrays, a `tf.data.Dataset`), and 0.2-0.3 MB
-per `fit` (less per `evaluate`) with the `SeededBatches` (a `keras.utils.PyDataset`) that the
-phases pass: Keras turns a PyDataset into `tf.data.Dataset.from_generator`, whose closures TF 2.16
-keeps on the global default graph's `_py_funcs_used_in_graph` (tensorflow/tensorflow#37653,
-#57690), and with them Keras' `PyDatasetAdapter` and the `SeededBatches` (a permutation of
-the sample indices, not the images): 39 Python objects per call. The same per call for 512
-or 40,000 samples and for 1 or 8 epochs per call: nothing grows with the steps. Dropping
-those references after each call removes the Python objects but not the RSS. The train step
-is traced in the first phase only (TensorFlow traces a function that may create variables
-twice on its first call: the `traces` column) and never again."""
 
 # (samples, validation samples, width multiplier, blocks (None: MobileNetV1's 13), config)
 SIZES = {
@@ -265,57 +253,9 @@ def run(size, out_dir, seed=0):
     base = os.path.join(out_dir, "memory" if size == "full" else f"memory_{size}")
     with open(base + ".json", "w") as fh:
         json.dump(report, fh, indent=1)
-    with open(base + ".md", "w") as fh:
-        fh.write(markdown(report))
+    render.write_markdown(base + ".json")
     plot(report, base + ".png")
     return report
-
-
-def markdown(report):
-    g, st = report["growth"], report["settings"]
-    cfg = st["config"]
-    lines = [
-        "# Resident memory per phase over a progressive run",
-        "",
-        f"Command: `{report['command']}`; {report['machine']}; {report['backend']} backend "
-        f"(keras {report['versions']['keras']}). ReActNet-A ({st['blocks']} blocks, width "
-        f"{st['width_multiplier']}, {st['params']:,} params, {st['binarized_layers']} binarized "
-        f"convs) on {st['samples']} random {'x'.join(map(str, st['input_shape']))} images "
-        f"({st['validation_samples']} for validation), batch {cfg['batch_size']}, "
-        f"{cfg['epochs_per_layer']} + {cfg['finetune_epochs']} epochs per layer, "
-        f"{cfg['final_epochs']} final; groups {cfg['groups']}, stats_images "
-        f"{cfg['stats_images']}, stats_rows {cfg['stats_rows']}. Run: "
-        f"{report['seconds']:.0f} s, {report['traces']} trace(s) of the train step.",
-        "",
-        f"Peak: {report['peak_method']}. A phase's interval runs from the end of the previous "
-        "phase's fit to the end of its own (its statistics, k-means and PCA, and the previous "
-        "phase's BatchNorm re-estimation and validation, count in it). MB = MiB.",
-        "",
-        f"**Growth from the 2nd layer ({g['second_layer']}) to the last ({g['last_layer']})**: "
-        f"peak {g['peak_second_mb']:.0f} -> {g['peak_last_mb']:.0f} MB "
-        f"({100 * g['peak']:+.1f} %), RSS at the end {g['rss_end_second_mb']:.0f} -> "
-        f"{g['rss_end_last_mb']:.0f} MB ({100 * g['rss_end']:+.1f} %); target under "
-        f"{100 * g['target']:.0f} %: {'holds' if g['holds'] else 'MISSED'}.",
-        "",
-        f"Before the run: {report['before']['rss_mb']:.0f} MB, "
-        f"{report['before']['python_objects']:,} Python objects. After it (final BatchNorm "
-        f"pass, the clean binary model): peak {report['after']['peak_mb']:.0f} MB, RSS "
-        f"{report['after']['rss_mb']:.0f} MB.",
-        "",
-        "| # | layer | index | phase | RSS at end (MB) | peak (MB) | peak of prep (MB) | "
-        "peak of fit (MB) | Python objects | traces | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    rows = []
-    for p in report["phases"]:
-        index = "" if p["index"] is None else p["index"] + 1
-        rows.append(
-            f"| {p['phase_index']} | {p['layer']} | {index} | {p['phase']} | "
-            f"{p['rss_end_mb']:.0f} | {p['peak_mb']:.0f} | {p['prep_peak_mb']:.0f} | "
-            f"{p['fit_peak_mb']:.0f} | {p['python_objects']:,} | {p['traces']} | "
-            f"{p['seconds']:.1f} |"
-        )
-    return "\n".join([*lines, *rows, "", "## Notes", "", NOTES]) + "\n"
 
 
 def plot(report, path):

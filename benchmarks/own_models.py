@@ -22,15 +22,19 @@ import time
 
 import keras
 import numpy as np
+import render  # beside this file: on sys.path when run as a script
 
 import bitat_keras as bk
 from bitat_keras import baselines, datasets, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-TRAIN, VAL = 20000, 5000  # 20,000 training images; the next 5,000 held out for validation
-FP_EPOCHS, FP_LR, BATCH = 15, 2e-3, 128
-NAIVE_LR = 8e-3  # BiTAT's default learning rate; not tuned here (see the notes)
+# 20,000 training images, the next 5,000 held out for validation; the teacher's recipe;
+# naive STE at BiTAT's default learning rate, not tuned here (render.py's report says so).
+SETUP = render.OWN_MODELS
+TRAIN, VAL = SETUP["train"], SETUP["val"]
+FP_EPOCHS, FP_LR, BATCH = SETUP["fp_epochs"], SETUP["fp_lr"], SETUP["batch"]
+NAIVE_LR = SETUP["naive_lr"]
 
 
 def cnn(activation):
@@ -64,16 +68,6 @@ MODELS = {
         lambda x: np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, -1),
     ),
 }
-
-
-NOTES = """Notes. Each row is one seed (a seed of all three models: about 32 minutes of
-CPU). Every binarized conv of `cnn_relu` and of MobileNet comes after a ReLU/ReLU6 and gets an input
-threshold (the plan's `binary + threshold`); `cnn_leaky` needs none. Without thresholds a
-ReLU-fed binary conv sees +1 everywhere (`tests/test_plan.py`) and a ReLU CNN binarizes to
-chance (10 %). None of the three has a shortcut around its binary convs; at this budget
-naive STE is as good as BiTAT on all three (within one point), and on MobileNet BiTAT took
-1.6x naive STE's time (13 layers, each with its own statistics, BatchNorm re-estimation and
-phase)."""
 
 
 def splits(prepare):
@@ -135,38 +129,8 @@ def load():
 
 
 def markdown(results):
-    lines = [
-        "# Users' own models (Fashion-MNIST)",
-        "",
-        f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']}  ",
-        f"Data: {TRAIN:,} training images, the next {VAL:,} held out (val), the 10,000 test "
-        f"images. FP: {FP_EPOCHS} epochs, Adam {FP_LR:g} with linear decay, batch {BATCH}. "
-        "BiTAT: `BiTATConfig()` defaults. Naive STE: as many epochs as BiTAT in all, "
-        f"lr {NAIVE_LR:g} (not tuned on these models).",
-        "",
-        "| model | binarized convs (thresholded) | FP test | naive STE test | BiTAT test | "
-        "FP / naive / BiTAT seconds | seed |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, runs in results["runs"].items():
-        for run_ in runs.values():
-            r = run_["rows"]
-            lines.append(
-                f"| {name} | {len(run_['binarized'])} ({len(run_['thresholded'])}) | "
-                f"{100 * r['fp']['test']:.2f} % | {100 * r['naive_ste']['test']:.2f} % | "
-                f"{100 * r['bitat']['test']:.2f} % | {r['fp']['seconds']:.0f} / "
-                f"{r['naive_ste']['seconds']:.0f} / {r['bitat']['seconds']:.0f} | "
-                f"{run_['seed']} |"
-            )
-    lines += ["", NOTES]
-    lines += ["", "Validation accuracy (val split) of the same runs:", ""]
-    for name, runs in results["runs"].items():
-        for run_ in runs.values():
-            r = run_["rows"]
-            vals = " / ".join(f"{100 * r[k]['val']:.2f}" for k in ("fp", "naive_ste", "bitat"))
-            lines.append(f"- {name} seed {run_['seed']}: FP / naive STE / BiTAT {vals} %")
-    return "\n".join(lines) + "\n"
+    """The report's Markdown (``render.py``)."""
+    return render.own_models(results)
 
 
 def plot(results, path):
@@ -211,8 +175,7 @@ def main(argv=None):
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, "own_models.json"), "w") as f:
             json.dump(results, f, indent=1)
-        with open(os.path.join(RESULTS, "own_models.md"), "w") as f:
-            f.write(markdown(results))
+        render.write_markdown(os.path.join(RESULTS, "own_models.json"))
         plot(results, os.path.join(RESULTS, "own_models.png"))
 
 

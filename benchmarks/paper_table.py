@@ -22,6 +22,7 @@ import time
 
 import keras
 import numpy as np
+import render as reports
 from harness import (
     HERE,
     PRESETS,
@@ -29,11 +30,10 @@ from harness import (
     budget_epochs,
     budget_name,
     deployment,
-    deployment_markdown,
     log,
     same_settings,
 )
-from report import mean_and_error
+from render import mean_and_error, paired_seeds, row_order  # noqa: F401  (row_order: tests)
 
 import bitat_keras as bk
 from bitat_keras import baselines
@@ -283,7 +283,8 @@ def _load(path):
 
 
 def annotate(preset, out_dir, text):
-    """Add a note (e.g. what disturbed a timing) to a preset's report; rerenders it."""
+    """Add a note (e.g. what disturbed a timing) to a preset's JSON report; the Markdown
+    does not show notes (how and where a number was measured stays in the JSON)."""
     report = _load(os.path.join(out_dir, f"{preset}.json"))
     report.setdefault("notes", []).append(text)
     write(report, out_dir, preset, quiet=True)
@@ -332,17 +333,6 @@ def goals(rows, settings=None):
     return out
 
 
-def paired_seeds(rows, name, other):
-    """The seeds on which rows ``name`` and ``other`` both ran with the same BiTAT settings
-    but the transform (rows without a recorded config pair on every shared seed)."""
-    a, b = rows[name]["per_seed"], rows[other]["per_seed"]
-
-    def settings(row):
-        return {k: v for k, v in (row.get("config") or {}).items() if k != "transform"}
-
-    return [s for s in a if s in b and settings(a[s]) == settings(b[s])]
-
-
 def premise_goals(rows, goal, mean):
     """The targets of the premise presets (``goal``: margins over the best baseline and
     from the teacher, as fractions), on 1x means; empty for the other presets."""
@@ -381,106 +371,9 @@ def _mean(per_seed, key):
     return float(np.mean(values)) if values else None
 
 
-METHOD_ORDER = ("full_precision", "naive_ste", "naive_ste_distill", "reactnet", "bitat_aggregated")
-OTHER_ORDER = ("bitat_paper", "bitat_none", "bitat_intra", "bitat_cross")
-# bitat_teacher: BiTAT's earlier defaults (the teacher's distribution as the loss).
-
-
-def row_order(names):
-    """Rows by method, each method's budgets ascending; then the ablations; then the rest."""
-
-    def key(name):
-        for i, method in enumerate(METHOD_ORDER):
-            rest = name[len(method) :]
-            if name.startswith(method) and (not rest or rest[1:-1].replace(".", "").isdigit()):
-                return (i, float(rest[1:-1]) if rest else 1.0, name)
-        if name in OTHER_ORDER:
-            return (len(METHOD_ORDER), OTHER_ORDER.index(name), name)
-        return (len(METHOD_ORDER) + 1, 0, name)
-
-    return sorted(names, key=key)
-
-
 def markdown(report):
-    lines = [
-        f"# Paper table, preset `{report['preset']}`",
-        "",
-        f"Command: `{report['command']}` (seeds run one by one and merged)  ",
-        f"Backend: {report['backend']} (Keras {report['keras']}); "
-        f"machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs; "
-        f"data: {report['settings']['dataset']} {report['train_size']} train / "
-        f"{report['val_size']} validation (held out of the training images) / "
-        f"{report['test_size']} test"
-        + (
-            f" (the binary rows train on {report['settings']['subset']:,} of the training "
-            "images, class-balanced, drawn per seed)"
-            if report["settings"].get("subset")
-            else ""
-        )
-        + "; "
-        f"total wall time {report['total_seconds'] / 60:.1f} min.",
-        "",
-        "Test accuracy (validation accuracy chose every setting). Budgets: 1x is ReActNet's "
-        "time at its converged epoch count; `train s` is the measured wall time. Q_orig and "
-        "Q_ours (Eq. 2, Eq. 6 without l1) compare the binary kernels, at the scale the layers "
-        "use, with the teacher's; `best scale` gives each output channel its least-squares "
-        "scale, so only the signs count; `signs kept`: the share of the teacher's weight "
-        "signs the binary kernels keep (`bk.analysis.quantization_errors`).",
-        "",
-        "| row | test acc. mean (min-max) | seeds | train s | steps | V used / full "
-        "| Q_orig | Q_ours | Q_orig / Q_ours, best scale | signs kept |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in row_order(report["rows"]):
-        row = report["rows"][name]
-        v = row["v_parameters"]
-        vtxt = f"{v['used']:,} / {v['full']:,} ({v['ratio']:.2%})" if v else "-"
-        q = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
-        kept = row.get("signs_kept_mean")
-        kept = "-" if kept is None else f"{kept:.1%}"
-        lines.append(
-            f"| {name} | {row['accuracy_mean']:.2%} ({row['accuracy_min']:.2%}-"
-            f"{row['accuracy_max']:.2%}) | {row['seeds']} | {row['seconds_mean']:.0f} | "
-            f"{row['steps']} | {vtxt} | {q(row['q_orig_mean'])} | {q(row['q_ours_mean'])} | "
-            f"{q(row.get('q_orig_fit_mean'))} / {q(row.get('q_ours_fit_mean'))} | {kept} |"
-        )
-    lines += ["", "## Seconds per seed, and the host that measured them", ""]
-    lines += seconds_markdown(report["rows"])
-    agg = report["rows"].get("bitat_aggregated", {}).get("per_seed", {}).get("0", {}).get("phases")
-    if agg:
-        lines += ["", "## BiTAT seconds by kind of work (1x, seed 0)", ""]
-        lines.append(", ".join(f"{k} {v:.2f}" for k, v in agg.items()))
-    if report["deployment"]:
-        lines += ["", "## Deployment (seed 0; FP model vs BiTAT model)", ""]
-        lines += deployment_markdown(report["deployment"])
-    lines += ["", "## Goals", ""]
-    lines += [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in report["goals"].items()]
-    if not report["goals"]:
-        lines.append("- none measurable yet (they compare rows at 1x)")
-    if report.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def seconds_markdown(rows):
-    """A table of each row's seconds by seed, with the host of each (rows recorded before
-    hosts were kept show none; the report's notes name them)."""
-    seeds = sorted({int(s) for row in rows.values() for s in row["per_seed"]})
-    lines = [
-        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-        "|---|" + "---|" * len(seeds),
-    ]
-    for name in row_order(rows):
-        cells = []
-        for seed in seeds:
-            values = rows[name]["per_seed"].get(str(seed))
-            if values is None:
-                cells.append("-")
-                continue
-            where = f" ({values['host']})" if values.get("host") else ""
-            cells.append(f"{values['seconds']:.0f} s{where}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    """The report's Markdown (``render.py``'s paper table)."""
+    return reports.paper_table(report)
 
 
 def plot(report, path):
@@ -553,8 +446,7 @@ def write(report, out_dir, preset, quiet=False, figure=True):
     base = os.path.join(out_dir, preset)
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1, default=float)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(report))
+    reports.write_markdown(base + ".json")
     if figure and "full_precision" in report["rows"]:
         plot(report, base + "_accuracy_vs_cost.png")
     if not quiet:

@@ -1,9 +1,13 @@
-"""The README's results at a glance, generated from the benchmark JSON in ``results/``.
+"""The README's results at a glance and every ``results/*.md``, generated from the benchmark
+JSON in ``results/`` (the reports by ``render.py``).
 
-    python benchmarks/report.py           # print the tables
+    python benchmarks/report.py           # print the README's tables
     python benchmarks/report.py --write   # replace them in README.md (between the markers)
+                                          # and rewrite every results/*.md from its JSON
+    python benchmarks/report.py --check   # list what differs from its JSON (exit 1 if any)
 
-``tests/test_readme.py`` fails when the README's tables differ from what this renders.
+``tests/test_readme.py`` fails when the README's tables differ from what this renders,
+``tests/test_reports.py`` when a ``results/*.md`` differs from its JSON.
 Accuracy: test-set mean over the seeds each row ran (standard error of the mean after
 ``±``); time: the cost benchmark's seconds at equal epochs, relative to naive STE, from
 one run of the methods one after another.
@@ -11,9 +15,11 @@ one run of the methods one after another.
 
 import argparse
 import json
-import math
 import os
 import sys
+
+import render as reports
+from render import mean_and_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -46,15 +52,6 @@ COST = (
 def load(name):
     with open(os.path.join(RESULTS, name + ".json")) as f:
         return json.load(f)
-
-
-def mean_and_error(values):
-    """Mean and standard error of the mean (None with one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
 
 
 def accuracy_cell(row):
@@ -118,16 +115,37 @@ def readme_block(text):
     return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip("\n")
 
 
+def stale():
+    """README.md (when its tables differ from the JSON) and the results/*.md that differ."""
+    with open(README) as f:
+        readme = readme_block(f.read()) != render()
+    return (["README.md"] if readme else []) + [
+        os.path.relpath(p, os.path.join(HERE, "..")) for p in reports.stale(RESULTS)
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="update README.md in place")
+    parser.add_argument(
+        "--write", action="store_true", help="update README.md and every results/*.md in place"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="list the files that differ from the JSON"
+    )
     args = parser.parse_args(argv)
+    if args.check:
+        differ = stale()
+        for path in differ:
+            print(f"differs from its JSON: {path}")
+        return 1 if differ else 0
     body = render()
     if args.write:
         with open(README) as f:
             text = f.read()
         with open(README, "w") as f:
             f.write(replace_block(text, body))
+        for path in reports.reports(RESULTS):
+            reports.write_markdown(path)
     print(body)
     return 0
 

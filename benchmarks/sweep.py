@@ -24,6 +24,7 @@ import time
 
 import harness  # beside this file: on sys.path when run as a script
 import keras
+import render
 
 from bitat_keras import baselines, training
 
@@ -373,12 +374,6 @@ def previous_rows(out_dir, preset, settings):
     }
 
 
-def _subset(settings):
-    if not settings.get("subset"):
-        return ""
-    return f"; the rows train on {settings['subset']:,} of the training images"
-
-
 def best_variant(rows):
     bitat = {k: v for k, v in rows.items() if "overrides" in v and v.get("budget", 1) == 1}
     name = max(bitat, key=lambda k: bitat[k]["val_accuracy"])
@@ -401,30 +396,7 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
     base = os.path.join(out_dir, f"sweep_{preset}")
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1, default=float)
-    # Rows merge over several runs, some beside other processes: no run-level label holds.
-    timing = "train s (not timings: rows of several runs, some sharing the CPU)"
-    lines = [
-        f"# Validation sweep, preset `{preset}` (seed 0)",
-        "",
-        f"Command: `{report['command']}`; backend {report['backend']}; "
-        f"{seconds / 60:.1f} min; 1x = {settings['epochs']} epochs; teacher "
-        f"{(settings.get('teacher') or {}).get('epochs', settings.get('fp_epochs'))} epochs"
-        f"{' (cached, shared with the paper table)' if 'teacher' in settings else ''}"
-        f"{_subset(settings)}. Accuracy on the "
-        f"validation split ({settings['val']} images held out of the training images).",
-        "",
-        f"| row | budget | epochs | val acc. | {timing} |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in rows.items():
-        secs = f"{row['seconds']:.0f}" if "seconds" in row else "-"
-        budget = f"{row['budget']}x" if "budget" in row else "-"
-        epochs = f"{row['epochs']:g}" if "epochs" in row else "-"
-        lines.append(f"| {name} | {budget} | {epochs} | {row['val_accuracy']:.2%} | {secs} |")
-    if "best" in report:
-        lines += ["", f"Best BiTAT variant at 1x: `{report['best'][0]}`: {report['best'][1]}"]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    render.write_markdown(base + ".json")
     return report
 
 

@@ -30,6 +30,8 @@ def run_benchmark(script, *args, timeout=900):
 
 
 def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
+    import render
+
     run_benchmark("paper_table.py", "--preset", "mini", "--out", tmp_path)
     report = json.loads((tmp_path / "mini.json").read_text())
     rows = report["rows"]
@@ -63,10 +65,13 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
     assert deploy["lce_bconv2d_ops"] == deploy["binary_layers"] == 3
     assert deploy["latency_ms"]["lce_1t"]["median"] > 0
     assert "| bitat_aggregated |" in (tmp_path / "mini.md").read_text()
-    # Each row names the host that measured its seconds (hosts differ in speed).
+    # Each row's JSON names the host that measured its seconds (hosts differ in speed); the
+    # Markdown gives the seconds per seed and no host.
     host = f"{platform.release()}, {os.cpu_count()} CPUs"
     assert rows["reactnet"]["per_seed"]["0"]["host"] == host
-    assert f"s ({host}) |" in (tmp_path / "mini.md").read_text()
+    text = (tmp_path / "mini.md").read_text()
+    assert "## Seconds per seed" in text and host not in text
+    assert text == render.render_file(str(tmp_path / "mini.json"))
     assert (tmp_path / "mini_accuracy_vs_cost.png").stat().st_size > 1000
     # A second seed merges into the same report instead of replacing it.
     import harness
@@ -88,9 +93,9 @@ def test_paper_table_mini_preset_writes_json_markdown_and_plot(tmp_path, eager):
     points = sorted((b, s) for b, s, *_ in again["curves"]["naive_ste"])
     assert points == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert agg["config"]["transform"] == "aggregated"  # each BiTAT row keeps its config
-    # A note (what disturbed a timing, say) joins the report and its table.
+    # A note (what disturbed a timing, say) joins the JSON report, not its Markdown.
     paper_table.annotate("mini", str(tmp_path), "seed 1 shared the CPU")
-    assert "## Notes\n\n- seed 1 shared the CPU" in (tmp_path / "mini.md").read_text()
+    assert "seed 1 shared the CPU" not in (tmp_path / "mini.md").read_text()
     kept = paper_table.summarize(harness.Bench("mini", merged["settings"], str(tmp_path)),
                                  json.loads((tmp_path / "mini.json").read_text()))  # fmt: skip
     assert kept["notes"] == ["seed 1 shared the CPU"]
@@ -199,6 +204,7 @@ def test_own_models_results_meet_the_targets_and_render_as_committed():
     """The committed users'-models results: the ReLU CNN (input thresholds) within 2 points
     of its LeakyReLU twin, every binary row far above chance, the Markdown up to date."""
     import own_models
+    import render
 
     results_dir = Path(own_models.RESULTS)
     results = json.loads((results_dir / "own_models.json").read_text())
@@ -212,7 +218,7 @@ def test_own_models_results_meet_the_targets_and_render_as_committed():
         for run in runs.values():
             assert run["rows"]["bitat"]["test"] > 0.5 and run["rows"]["naive_ste"]["test"] > 0.5
             assert run["thresholded"] == ([] if name == "cnn_leaky" else run["binarized"])
-    assert own_models.markdown(results) == (results_dir / "own_models.md").read_text()
+    assert render.own_models(results) == (results_dir / "own_models.md").read_text()
 
 
 def test_budget_helpers():
@@ -319,7 +325,8 @@ def test_converge_keeps_other_learning_rates_points(tmp_path):
     second = [{"epochs": 8, "seconds": 2.0, "val_accuracy": 0.6, "command": "b"}]
     converge.write("lowdata_mini", str(tmp_path), "reactnet", 0, record, at[2e-3], second, earlier)
     text = (tmp_path / "converge_lowdata_mini.md").read_text()
-    assert "learning rate 0.002" in text and "At learning rate 0.001:" in text
+    assert text.index("## Learning rate 0.002") < text.index("## Learning rate 0.001")
+    assert "--epochs 8 --learning-rate 0.002`" in text
     assert "| 8 | 60.00% | 2 |" in text and "| 4 | 50.00% | 1 |" in text
 
     points, earlier = converge.previous_points(
