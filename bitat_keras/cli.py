@@ -3,8 +3,10 @@
 ``bitat-keras convert MODEL.keras -o MODEL.tflite`` (also
 ``python converters/keras_to_lce.py ...``): LCE conversion, an op report and a parity check.
 Exit codes: 0 success; 1 conversion failed or the parity check did not match; 2 bad input
-(missing file or output directory, a model that needs ``safe_mode=False``, or binary layers
-that stayed float in strict mode).
+(missing file or output directory, a file that is not a Keras 3 model, a model that needs
+``safe_mode=False``, layers LCE cannot convert exactly, or binary layers that stay float in
+strict mode). Every failure prints one ``error: ...`` line and writes nothing: a file
+already at the output path is left as it was.
 """
 
 import argparse
@@ -77,10 +79,11 @@ def format_report(report):
     Example:
         >>> print(format_report(convert_file("m.keras", "m.tflite")))
     """
+    written = "" if report.get("written", True) else ", NOT WRITTEN"
     lines = [
         f"Converted {report['model_path']}",
         f"       -> {report['output_path']} ({report['size_bytes']:,} bytes, "
-        f"{report['num_operators']} operators)",
+        f"{report['num_operators']} operators{written})",
     ]
     if report.get("float_size_bytes"):
         ratio = report["float_size_bytes"] / max(report["size_bytes"], 1)
@@ -123,8 +126,9 @@ def convert(argv=None, *, prog=None):
 
     Returns:
         0 on success, 1 if conversion failed or the parity check did not match, 2 for bad
-        input (missing file or directory, unsafe model, binary layers that stayed float in
-        strict mode, bad arguments).
+        input (missing file or directory, a file that is not a Keras 3 model, unsafe model,
+        layers LCE cannot convert exactly, binary layers that stay float in strict mode, bad
+        arguments). On failure nothing is written.
 
     Example:
         >>> convert(["bnn.keras", "-o", "bnn.tflite", "--samples", "4"])
@@ -154,12 +158,16 @@ def convert(argv=None, *, prog=None):
     except RuntimeError as error:
         print(f"error: conversion failed: {_one_line(error)}", file=sys.stderr)
         return 1
+    except OSError as error:  # e.g. no permission to read the model or write the output
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
 
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if report.get("parity_ok") is False:
         print(
             f"error: the converted model differs from the Keras model (relative difference "
-            f"{report['relative_diff']:.3g} > 1e-3)",
+            f"{report['relative_diff']:.3g} > 1e-3); nothing was written to {args.output!r} "
+            "(--no-check writes it without the check)",
             file=sys.stderr,
         )
         return 1

@@ -212,12 +212,20 @@ def test_sequential_model_converts():
 
 
 def test_float_binary_conv_raises_in_strict_mode():
-    model = grouped_model()
-    with pytest.raises(ValueError, match="grouped_bconv") as info:
+    # A plain sign (sign(0) = 0) is no input binarizer LCE recognises: found after conversion.
+    inputs = keras.Input((8, 8, 16))
+    x = BinaryConv2D(16, 3, input_quantizer=keras.ops.sign, use_bias=False, name="plain_sign")(
+        inputs
+    )
+    model = keras.Model(inputs, BinaryConv2D(16, 3, use_bias=False, name="good_bconv")(x))
+    with pytest.raises(ValueError, match="These stayed float: \\['plain_sign'\\]") as info:
         ex.convert_keras_model(model)
     message = str(info.value)
     assert "good_bconv" not in message
     assert "1 of 2 BinaryConv2D" in message
+    # A grouped one is refused before any conversion work (tests/test_converter_inputs.py).
+    with pytest.raises(ValueError, match="'grouped_bconv' in model 'grouped' has groups=2"):
+        ex.convert_keras_model(grouped_model())
 
 
 def test_float_binary_conv_warns_without_strict():
@@ -266,7 +274,7 @@ def test_convert_rejects_non_models(bad):
 
 def test_convert_rejects_unknown_lce_option():
     with pytest.raises(TypeError, match="inference_input_type"):
-        ex.convert_keras_model(grouped_model(), quantize=True)
+        ex.convert_keras_model(randomize(grouped_model()), strict=False, quantize=True)
 
 
 def test_stock_lce_convert_keras_model_functional(reactnet_eighth):

@@ -14,14 +14,22 @@ The main entry points:
 - :class:`LceInterpreter`: LCE's interpreter for batches, under numpy 1 and 2.
 - :func:`save_flatbuffer` and :func:`convert_file`: atomic write, and the file-to-file
   converter behind ``bitat-keras convert``.
+- :func:`check_keras_file` and :func:`check_convertible`: the converter's input checks,
+  made before any conversion work.
 
-One module per concern: ``convert`` (the two converters and the strict check), ``flatbuffer``
-(reading a flatbuffer), ``interpreter`` (LCE's interpreter under numpy 1 and 2), ``parity``
-(Keras against the interpreter), ``files`` (file to file).
+One module per concern: ``checks`` (the input checks), ``convert`` (the two converters and
+the strict check), ``flatbuffer`` (reading a flatbuffer), ``interpreter`` (LCE's interpreter
+under numpy 1 and 2), ``parity`` (Keras against the interpreter), ``files`` (file to file).
 """
 
-from bitat_keras.export.convert import (
+from bitat_keras.export.checks import (
     ConversionWarning,
+    ModelFileError,
+    UntrainedModelWarning,
+    check_convertible,
+    check_keras_file,
+)
+from bitat_keras.export.convert import (
     binary_conv_layers,
     convert_float_tflite,
     convert_keras_model,
@@ -43,8 +51,12 @@ __all__ = [
     "ConversionWarning",
     "LceInterpreter",
     "LceNumpyError",
+    "ModelFileError",
     "UnsafeModelError",
+    "UntrainedModelWarning",
     "binary_conv_layers",
+    "check_convertible",
+    "check_keras_file",
     "convert_file",
     "convert_float_tflite",
     "convert_keras_model",

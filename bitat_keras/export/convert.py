@@ -6,6 +6,7 @@ import re
 import tempfile
 import warnings
 
+from bitat_keras.export.checks import ConversionWarning, check_convertible, is_binary_conv
 from bitat_keras.export.flatbuffer import BCONV_OP, float_conv_tensor_names, inspect_tflite
 from bitat_keras.export.parity import input_list
 from bitat_keras.structure import check_model, walk_layers
@@ -18,10 +19,6 @@ __all__ = [
 ]
 
 _NO_BINARY_MESSAGE = "no BinaryConv2D layers; the flatbuffer is float"
-
-
-class ConversionWarning(UserWarning):
-    """Warning raised when a conversion result is (partly) float instead of binary."""
 
 
 def binary_conv_layers(model):
@@ -42,17 +39,10 @@ def binary_conv_layers(model):
         >>> len(binary_conv_layers(model))
         31
     """
-    from bitat_keras.layers import BinaryConv2D
-
     check_model(model, training=False)
     names = []
     for layer in walk_layers(model):
-        if (
-            isinstance(layer, BinaryConv2D)
-            and layer.input_quantizer is not None
-            and layer.kernel_quantizer is not None
-            and layer.name not in names
-        ):
+        if is_binary_conv(layer) and layer.name not in names:
             names.append(layer.name)
     return names
 
@@ -244,7 +234,9 @@ def _check_binary(model, data, strict):
 def convert_keras_model(model, *, strict=True, **lce_kwargs):
     """Convert a Keras 3 model to a larq-compute-engine (LCE) TFLite flatbuffer.
 
-    The model is exported to a temporary SavedModel (``model.export(...,
+    The model is first checked (:func:`~bitat_keras.export.checks.check_convertible`):
+    layers LCE cannot convert exactly and non-finite weights are errors, a model that looks
+    never trained a warning. It is then exported to a temporary SavedModel (``model.export(...,
     format="tf_saved_model")``; a single traced ``tf.function`` if that fails) and converted
     with ``larq_compute_engine.convert_saved_model``. The result is parsed: every
     ``BinaryConv2D`` with both quantizers set must have become an ``LceBconv2d`` op.
@@ -253,7 +245,8 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
         model: a built functional or Sequential ``keras.Model``. Needs the TensorFlow
             backend.
         strict: if True (default), raise ``ValueError`` naming the ``BinaryConv2D`` layers
-            that stayed float; if False, only warn (``ConversionWarning``).
+            that stay (or stayed) float or are grouped; if False, only warn
+            (``ConversionWarning``).
         **lce_kwargs: passed to ``larq_compute_engine.convert_saved_model``
             (``inference_input_type``, ``inference_output_type``, ``target``,
             ``experimental_default_int8_range``).
@@ -264,7 +257,8 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
 
     Raises:
         TypeError: ``model`` is not a ``keras.Model`` or an LCE option is unknown.
-        ValueError: (strict) some binary convolutions stayed float.
+        ValueError: a layer LCE cannot convert exactly, a NaN or infinite weight, or
+            (strict) binary convolutions that stay float or are grouped.
         RuntimeError: the model could not be exported or converted.
 
     Example:
@@ -273,7 +267,7 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
         >>> inspect_tflite(data)["ops"]["LceBconv2d"]
         31
     """
-    check_model(model, training=False)
+    check_convertible(model, strict=strict)
     lce_kwargs = _lce_convert_kwargs(lce_kwargs)
     data = _convert_via_saved_model(model, lce_kwargs)
     _check_binary(model, data, strict)

@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 
+from bitat_keras.export.checks import ModelFileError, check_keras_file, is_binary_conv
 from bitat_keras.export.convert import (
     binary_conv_layers,
     convert_float_tflite,
@@ -14,6 +15,7 @@ from bitat_keras.export.convert import (
 from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
 from bitat_keras.export.interpreter import LceNumpyError
 from bitat_keras.export.parity import parity
+from bitat_keras.structure import walk_layers
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -85,12 +87,13 @@ def save_flatbuffer(data, path):
 
 
 def _load_keras_file(model_path):
+    """The model in ``model_path``, a file `check_keras_file` accepted."""
     import keras
 
     import bitat_keras  # noqa: F401 - registers our layers so safe_mode loading finds them
 
     try:
-        return keras.saving.load_model(model_path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001 - re-raised with a clearer message
         text = str(error)
         if "safe_mode" in text or "arbitrary code execution" in text:
@@ -100,9 +103,15 @@ def _load_keras_file(model_path):
                 f"({reason}), which could run arbitrary code; bitat-keras does not load "
                 "untrusted code. Rebuild the model without Python lambdas."
             ) from error
-        raise ValueError(
+        raise ModelFileError(
             f"Could not load {model_path!r} as a Keras 3 model: {type(error).__name__}: {text}"
         ) from error
+    if not isinstance(model, keras.Model):
+        raise ModelFileError(
+            f"{model_path!r} holds a {type(model).__name__}, not a model. Expected a "
+            "functional or Sequential keras.Model saved with `model.save('model.keras')`."
+        )
+    return model
 
 
 def _random_inputs(model, samples, seed):
@@ -119,6 +128,31 @@ def _random_inputs(model, samples, seed):
     return arrays
 
 
+def _check_outputs(model_path, paths):
+    """Raise, before any work, unless every path in ``paths`` can be written."""
+    model = os.path.realpath(model_path)
+    seen = set()
+    for path in paths:
+        full = os.path.abspath(path)
+        directory = os.path.dirname(full)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                f"Cannot write {path!r}: the output directory {directory!r} does not exist."
+            )
+        if os.path.isdir(full):
+            raise IsADirectoryError(
+                f"Cannot write {path!r}: it is a directory; expected a file path."
+            )
+        if os.path.realpath(full) == model:
+            raise ValueError(
+                f"Cannot write {path!r}: it is the model file being converted; expected "
+                "another path (e.g. with a .tflite suffix)."
+            )
+        if os.path.realpath(full) in seen:
+            raise ValueError(f"Cannot write {path!r} twice: expected distinct output paths.")
+        seen.add(os.path.realpath(full))
+
+
 def convert_file(
     model_path,
     output_path,
@@ -131,34 +165,43 @@ def convert_file(
 ):
     """Convert a ``.keras`` file to an LCE ``.tflite`` file, with a parity check and op report.
 
-    The model is loaded with ``safe_mode=True`` (a model that needs ``safe_mode=False`` is
-    refused), converted with :func:`convert_keras_model`, written atomically, and, with
-    ``check``, run on ``samples`` standard-normal random inputs (``seed``) in Keras and in
-    the LCE interpreter.
+    Everything that can fail happens before anything is written: the paths and the file
+    (:func:`~bitat_keras.export.checks.check_keras_file`) are checked, the model is loaded
+    with ``safe_mode=True`` (a model that needs ``safe_mode=False`` is refused), checked and
+    converted with :func:`convert_keras_model`, and, with ``check``, run on ``samples``
+    standard-normal random inputs (``seed``) in Keras and in the LCE interpreter. Only then
+    are the flatbuffers written, atomically. On an error nothing is written, and a file
+    already at ``output_path`` is left as it was.
 
     Args:
         model_path: path to a Keras 3 ``.keras`` file.
         output_path: destination ``.tflite`` path (its directory must exist).
         check: run the parity check.
-        strict: raise if a ``BinaryConv2D`` stayed float (else warn).
+        strict: raise if a ``BinaryConv2D`` stays float or is grouped (else warn).
         samples: number of random inputs for the parity check.
         seed: seed of the random inputs.
         float_output_path: if given, also write a plain float TFLite flatbuffer there.
 
     Returns:
-        A report dict: ``model_path``, ``output_path``, ``ops``, ``size_bytes``,
+        A report dict: ``model_path``, ``output_path``, ``written`` (False only when the
+        parity check did not match: then neither file is written), ``ops``, ``size_bytes``,
         ``num_operators``, ``bconv`` (number of ``LceBconv2d`` ops), ``binary_layers``
         (number of fully binary ``BinaryConv2D`` layers), ``max_abs_diff``,
         ``relative_diff`` (``max_abs_diff / max |keras output|``), ``output_scale``,
         ``parity_ok`` (relative diff <= 1e-3), ``samples``, ``seed`` (parity entries are
         None without ``check``), ``parity_error`` (why the interpreter could not run, if
         it could not: see `LceNumpyError`; the flatbuffer is still written) and, with
-        ``float_output_path``, ``float_size_bytes``.
+        ``float_output_path``, ``float_output_path`` and ``float_size_bytes``.
 
     Raises:
         FileNotFoundError: missing model file or output directory.
+        IsADirectoryError: the model path or an output path is a directory.
         UnsafeModelError: (a ValueError) the file needs ``safe_mode=False``.
-        ValueError: not a loadable ``.keras`` file, or (strict) binary convs stayed float.
+        ModelFileError: (a ValueError) not a loadable ``.keras`` model file (not a zip
+            archive, truncated, damaged, or holding something other than a model).
+        ValueError: a layer LCE cannot convert exactly, non-finite weights, or (strict)
+            binary convs that stay float.
+        RuntimeError: the conversion or the interpreter failed.
 
     Example:
         >>> report = convert_file("bnn.keras", "bnn.tflite")
@@ -166,31 +209,24 @@ def convert_file(
     """
     model_path = os.fspath(model_path)
     output_path = os.fspath(output_path)
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"Model file not found: {model_path!r}")
-    if not model_path.endswith(".keras"):
-        raise ValueError(
-            f"Expected a Keras 3 `.keras` file. Received: {model_path!r} (save the model with "
-            "`model.save('model.keras')`)."
-        )
+    check_keras_file(model_path)
     outputs = [output_path] + ([os.fspath(float_output_path)] if float_output_path else [])
-    for path in outputs:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(
-                f"Cannot write {path!r}: the output directory {directory!r} does not exist."
-            )
+    _check_outputs(model_path, outputs)
     samples = int(samples)
     if check and samples < 1:
         raise ValueError(f"`samples` must be >= 1 when check=True. Received: {samples}")
 
     model = _load_keras_file(model_path)
-    data = convert_keras_model(model, strict=strict)
-    written = save_flatbuffer(data, output_path)
+    x = _random_inputs(model, samples, seed) if check else None
+    try:
+        data = convert_keras_model(model, strict=strict)
+    except ValueError as error:  # name the file too: the message names the layers
+        raise ValueError(f"Cannot convert {model_path!r}: {error}") from error
     info = inspect_tflite(data)
     report = {
         "model_path": os.path.abspath(model_path),
-        "output_path": written,
+        "output_path": os.path.abspath(output_path),
+        "written": False,
         "ops": info["ops"],
         "size_bytes": info["size_bytes"],
         "num_operators": info["num_operators"],
@@ -205,8 +241,10 @@ def convert_file(
         "seed": seed,
     }
     if check:
+        # LCE's default kernel refuses grouped binary convs; its indirect BGEMM runs them.
+        grouped = any(is_binary_conv(lay) and lay.groups != 1 for lay in walk_layers(model))
         try:
-            diff, scale = parity(model, data, _random_inputs(model, samples, seed))
+            diff, scale = parity(model, data, x, use_indirect_bgemm=grouped)
         except LceNumpyError as error:  # the flatbuffer is written and fine; only the check
             report["parity_error"] = str(error)
         else:
@@ -217,10 +255,14 @@ def convert_file(
                 output_scale=scale,
                 parity_ok=bool(relative <= PARITY_TOLERANCE),
             )
-    if float_output_path:
-        float_data = convert_float_tflite(model)
+    if report["parity_ok"] is False:
+        return report  # a mismatch is a failure: nothing written
+    float_data = convert_float_tflite(model) if float_output_path else None
+    report["output_path"] = save_flatbuffer(data, output_path)
+    if float_data is not None:
         report["float_output_path"] = save_flatbuffer(float_data, float_output_path)
         report["float_size_bytes"] = len(float_data)
+    report["written"] = True
     return report
 
 
