@@ -12,6 +12,7 @@ from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import binarize
 from bitat_keras.multi_worker import keras_fit_fixes
 from bitat_keras.precision import float32_policy
+from bitat_keras.teacher import check_pretrained
 from bitat_keras.training import (
     accuracy,
     compile_result,
@@ -74,12 +75,13 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=8e-3, batch_size=25
     start = time.perf_counter()
     train_data = with_sample_weight(train_data, sample_weight)
     with float32_policy():  # a mixed-precision model comes back float32 (precision.py)
+        data = TrainData(train_data, fp_model, batch_size)
+        fp_model = check_pretrained(fp_model, data, teacher=distill)
         teacher = None
         if distill:
             teacher = keras.models.clone_model(fp_model)
             teacher.set_weights(fp_model.get_weights())
         model = binarize(fp_model, train_data)
-        data = TrainData(train_data, model, batch_size)
         _train(model, data, epochs, learning_rate, None, teacher, verbose, callbacks)
     return compile_result(model), time.perf_counter() - start
 
@@ -119,10 +121,11 @@ def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=4e-3, batch
     start = time.perf_counter()
     train_data = with_sample_weight(train_data, sample_weight)
     with float32_policy():
+        data = TrainData(train_data, fp_model, batch_size)
+        fp_model = check_pretrained(fp_model, data, teacher=True)
         teacher = keras.models.clone_model(fp_model)
         teacher.set_weights(fp_model.get_weights())
         model = binarize(fp_model, train_data, kernel_quantizer=None)
-        data = TrainData(train_data, model, batch_size)
         step1 = (epochs + 1) // 2
         _train(model, data, step1, learning_rate, weight_decay, teacher, verbose, callbacks)
         for layer in model.layers:

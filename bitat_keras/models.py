@@ -27,6 +27,15 @@ MOBILENET_V1_BLOCKS = (
     (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
 )  # fmt: skip
 
+# BatchNorm's momentum in reactnet_mobilenet: its moving statistics follow the weights within
+# tens of steps (Keras' 0.99 needs hundreds, so a short training run leaves them stale and
+# inference-mode accuracy near chance).
+BN_MOMENTUM = 0.9
+
+
+def _batch_norm(name):
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+
 
 def _conv(binary, filters, kernel_size, strides, name):
     if binary:
@@ -41,7 +50,7 @@ def _block(x, index, in_ch, out_ch, strides, binary):
     p = f"block{index}_"
     y = LearnableBias(name=p + "move1")(x)
     y = _conv(binary, in_ch, 3, strides, p + "conv3x3")(y)
-    y = keras.layers.BatchNormalization(name=p + "bn1")(y)
+    y = _batch_norm(p + "bn1")(y)
     shortcut = x
     if strides == 2:
         shortcut = keras.layers.AveragePooling2D(2, padding="same", name=p + "pool")(x)
@@ -51,13 +60,13 @@ def _block(x, index, in_ch, out_ch, strides, binary):
     z = LearnableBias(name=p + "move2")(y)
     if out_ch == in_ch:
         z = _conv(binary, out_ch, 1, 1, p + "conv1x1")(z)
-        z = keras.layers.BatchNormalization(name=p + "bn2")(z)
+        z = _batch_norm(p + "bn2")(z)
         z = keras.layers.Add(name=p + "add2")([z, y])
     else:  # out_ch == 2 * in_ch: two 1x1 convs, each with the shortcut, concatenated.
         halves = []
         for part in "ab":
             h = _conv(binary, in_ch, 1, 1, p + f"conv1x1_{part}")(z)
-            h = keras.layers.BatchNormalization(name=p + f"bn2{part}")(h)
+            h = _batch_norm(p + f"bn2{part}")(h)
             halves.append(keras.layers.Add(name=p + f"add2{part}")([h, y]))
         z = keras.layers.Concatenate(name=p + "concat")(halves)
     return RPReLU(name=p + "rprelu2")(z)
@@ -79,6 +88,8 @@ def reactnet_mobilenet(
     Every binary conv is a regular 3x3 or 1x1 conv with a shortcut; the stem conv and the
     classifier stay full precision. A block that doubles the channels uses two 1x1 convs whose
     outputs are concatenated (as in ReActNet), so every 1x1 keeps an identity shortcut.
+    Its BatchNorms use momentum ``BN_MOMENTUM`` (0.9), so that a short training run leaves
+    no stale moving statistics.
 
     Args:
         input_shape: (height, width, channels). 28x28/32x32 inputs use a stride-1 stem;
@@ -117,7 +128,7 @@ def reactnet_mobilenet(
     x = keras.layers.Conv2D(
         width, 3, strides=stem_strides, padding="same", use_bias=False, name="stem_conv"
     )(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm("stem_bn")(x)
     for i, (filters, strides) in enumerate(blocks, start=1):
         if filters not in (base, 2 * base) or strides not in (1, 2):
             raise ValueError(
@@ -176,14 +187,14 @@ def binarize(
             f"Model {model.name!r} is not built. Build it (call it on data or give it an "
             "Input) before binarizing."
         )
-    model = flatten_model(model)  # nested sub-models: one flat network
-    names = set(eligible_layers(model))
-    if thresholds == "auto":
+    if thresholds == "auto":  # the plan of the user's model: it names nested sub-models
         decided = plan(
             model, data, input_quantized=input_quantizer is not None, warn=True, stacklevel=3
         )
         decided.check()
         thresholds = decided.thresholded
+    model = flatten_model(model)  # nested sub-models: one flat network
+    names = set(eligible_layers(model))
     thresholds = list(thresholds) if input_quantizer is not None else []
     unknown = sorted(set(thresholds) - names)
     if unknown:

@@ -22,6 +22,7 @@ from bitat_keras.callbacks import flip_rate, kernel_signs
 from bitat_keras.config import check_phase_steps
 from bitat_keras.models import binarize, eligible_layers
 from bitat_keras.structure import flatten_model
+from bitat_keras.teacher import check_pretrained
 from bitat_keras.thresholds import set_thresholds
 from bitat_keras.trained_block import TrainedBlock, partition
 
@@ -77,6 +78,13 @@ class PhaseRunner:
         self.verbose = verbose
         self.loss = _resolve_loss(model)
         self.data = TrainData(train_data, model, config.batch_size)
+        model = check_pretrained(
+            model,
+            self.data,
+            teacher=config.distillation != "none",
+            seed=config.seed,
+            stacklevel=4,  # the caller of progressive_fit
+        )
         self.plan = plan(
             model,
             self.data.images(config.stats_images, config.seed),
