@@ -44,6 +44,8 @@ class BinaryConv2D(keras.layers.Conv2D):
         input_quantizer: ``"approx_sign"`` (default), ``"ste_sign"``, a quantizer or ``None``.
         kernel_quantizer: ``"ste_sign"`` (default), ``"approx_sign"``, a quantizer or ``None``.
         kernel_scale: ``"per_channel"`` (mean |w| per output channel) or ``None`` (pure +-1).
+            A kernel quantizer with a scale of its own (``"magnitude_aware_sign"``) gives
+            the same mean |w| either way: it is applied once.
         input_threshold: ``True`` gives the layer a trainable per-input-channel threshold
             ``t`` and binarizes ``x - t`` instead of ``x`` (ReActNet's RSign shift). Needed
             when the input is one-signed, e.g. after a ReLU: ``sign(x)`` of values >= 0 is
@@ -134,10 +136,11 @@ class BinaryConv2D(keras.layers.Conv2D):
         w = self.kernel
         if self.kernel_quantizer is None:
             return w, None
-        kernel = self.kernel_quantizer(w)
-        if self.kernel_scale != "per_channel":
-            return kernel, None
-        return kernel, quantizers.channel_scale(w)
+        split = getattr(self.kernel_quantizer, "sign_and_scale", None)
+        kernel, scale = split(w) if split else (self.kernel_quantizer(w), None)
+        if scale is None and self.kernel_scale == "per_channel":
+            scale = quantizers.channel_scale(w)  # a quantizer's own scale is not applied twice
+        return kernel, scale
 
     def _one_padding(self, shape):
         pads = []

@@ -56,6 +56,12 @@ class Quantizer:
     def __call__(self, x):
         raise NotImplementedError
 
+    def sign_and_scale(self, x):
+        """``(signs, scale)`` with ``self(x) == signs * scale``: the +-1 part and the
+        per-output-channel scale (None when the quantizer has none). A binary conv
+        convolves with ``signs`` and scales its output, so its sums stay exact integers."""
+        return self(x), None
+
     def get_config(self):
         return {}
 
@@ -169,7 +175,11 @@ class MagnitudeAwareSign(Quantizer):
         self.clip_value = self._ste.clip_value
 
     def __call__(self, x):
-        return self._ste(x) * channel_scale(x)
+        signs, scale = self.sign_and_scale(x)
+        return signs * scale
+
+    def sign_and_scale(self, x):
+        return self._ste(x), channel_scale(x)
 
     def get_config(self):
         return {"clip_value": self.clip_value}

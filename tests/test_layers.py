@@ -37,6 +37,21 @@ def test_binary_conv_matches_numpy_oracle(size, kernel, stride):
     np.testing.assert_allclose(y, numpy_binary_conv(x, w, stride), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_scale", ["per_channel", None])
+def test_magnitude_aware_sign_scales_the_kernel_once(kernel_scale):
+    """larq's magnitude_aware_sign owns its scale: mean |w| once, with or without the
+    layer's own per-channel scale (not mean |w| squared)."""
+    x = np.random.default_rng(2).normal(size=(2, 7, 7, 5)).astype("float32")
+    layer = BinaryConv2D(
+        4, 3, kernel_quantizer="magnitude_aware_sign", kernel_scale=kernel_scale, use_bias=False
+    )
+    y = keras.ops.convert_to_numpy(layer(x))
+    w = keras.ops.convert_to_numpy(layer.kernel)
+    np.testing.assert_allclose(y, numpy_binary_conv(x, w, 1), rtol=1e-5, atol=1e-5)
+    k = keras.ops.convert_to_numpy(layer.quantized_kernel())
+    np.testing.assert_allclose(np.abs(k), np.broadcast_to(np.abs(w).mean((0, 1, 2)), k.shape))
+
+
 def test_same_paddings_follow_tf_same_split():
     # total = max((ceil(n/s)-1)*s + k - n, 0); the extra pixel goes to the bottom/right.
     assert same_paddings(8, 3, 2) == (0, 1)
