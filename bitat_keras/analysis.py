@@ -16,6 +16,7 @@ from bitat_keras import transform
 from bitat_keras.callbacks import flip_rate
 from bitat_keras.layers import BinaryConv2D
 from bitat_keras.models import eligible_layers
+from bitat_keras.quantizers import numpy_sign
 from bitat_keras.statistics import patch_rows
 from bitat_keras.trained_block import partition
 
@@ -25,14 +26,9 @@ def _as_matrix(w):
     return w.reshape(-1, w.shape[-1])
 
 
-def binary_signs(w):
-    """sign(w) in {-1, +1} (0 counts as +1, as the quantizers do)."""
-    return np.where(np.asarray(w, dtype=np.float64) >= 0, 1.0, -1.0)
-
-
 def signs_kept(w_fp, w_q):
     """Fraction of the weights whose binary sign equals the pre-trained weight's sign."""
-    return 1.0 - flip_rate(np.asarray(w_fp) >= 0, np.asarray(w_q) >= 0)
+    return 1.0 - flip_rate(numpy_sign(w_fp), numpy_sign(w_q))
 
 
 def best_scale_error(target, binary):
@@ -54,7 +50,7 @@ def q_orig(w_fp, w_q, fit_scale=False):
     w_q's own scale (see the module docstring).
     """
     if fit_scale:
-        return best_scale_error(w_fp, binary_signs(w_q))
+        return best_scale_error(w_fp, numpy_sign(w_q))
     return float(np.sum((_as_matrix(w_fp) - _as_matrix(w_q)) ** 2))
 
 
@@ -72,7 +68,7 @@ def q_ours(w_fp, w_q, s, v, ids=None, fit_scale=False):
         return np.asarray(s)[:, None] * (np.asarray(v).T @ m)
 
     if fit_scale:
-        return best_scale_error(weigh(w_fp), weigh(binary_signs(w_q)))
+        return best_scale_error(weigh(w_fp), weigh(numpy_sign(w_q)))
     return float(np.sum(weigh(_as_matrix(w_fp) - _as_matrix(w_q)) ** 2))
 
 

@@ -32,10 +32,12 @@ class BlockTransform(keras.layers.Layer):
         use_transform: False for the "none" ablation (only the l1 term remains).
         penalty_gradient: "latent" or "sign": which side of W - Q(W) the penalty's
             gradient flows through (see ``residuals``).
-        kernel_quantizer: the sign quantizer whose straight-through gradient "sign" uses.
+        kernel_quantizer: the kernel quantizer (with a per-channel scale, as a default
+            ``BinaryConv2D`` applies it) that gives Q(W) for kernels passed without their
+            quantized form (see ``residuals``); its straight-through gradient is the one
+            "sign" uses.
         active: how many members are switched on (default: all).
-        reduce: per member, whether it has group ids (for a block built empty, to be filled
-            by ``join``); default: from ``members``.
+        name: the layer's name.
 
     Example:
         >>> bt = BlockTransform(s, v, sigma, [("conv", None, 8)], lam=1.0, gamma=0.0,
@@ -200,22 +202,29 @@ class BlockTransform(keras.layers.Layer):
         matrix = ops.reshape(matrix, (-1, matrix.shape[-1]))
         return transform.reduce_residual(matrix, self.ids[j], self.slots[j], self.counts[j])
 
-    def residuals(self, kernels):
+    def residuals(self, kernels, quantized=None):
         """P_j (W_j - Q(W_j)) for each member, Q(W) = alpha[o] * sgn(W), zero for members
         that have not joined yet.
+
+        ``quantized``: per member, Q(W_j) split as ``(signs, scale)``, what the member
+        layer's ``BinaryConv2D.kernel_and_scale()`` gives (its own quantizer and scale);
+        None: ``quantizers.kernel_and_scale`` of each kernel with the block's
+        ``kernel_quantizer`` and a per-channel scale (a default ``BinaryConv2D``'s).
 
         ``penalty_gradient="latent"``: Q(W) is a fixed target and the gradient moves the
         latent W towards it. ``"sign"``: W is the fixed target and the gradient flows
         through sgn's straight-through estimator, so the binary weights move towards the
         outputs of the latent (initially pre-trained) ones in the important directions.
         """
+        if quantized is None:
+            quantized = [quantizers.kernel_and_scale(k, self.kernel_quantizer) for k in kernels]
         out = []
-        for j, kernel in enumerate(kernels):
-            alpha = quantizers.channel_scale(kernel)
+        for j, (kernel, (signs, scale)) in enumerate(zip(kernels, quantized, strict=True)):
+            q = signs if scale is None else signs * scale
             if self.penalty_gradient == "sign":
-                residual = ops.stop_gradient(kernel) - self.kernel_quantizer(kernel) * alpha
+                residual = ops.stop_gradient(kernel) - q
             else:
-                residual = kernel - ops.stop_gradient(ops.where(kernel >= 0, 1.0, -1.0) * alpha)
+                residual = kernel - ops.stop_gradient(q)
             out.append(self._reduce(residual, j) * self.member_on[j])
         return out
 
@@ -231,13 +240,14 @@ class BlockTransform(keras.layers.Layer):
         matrices = [self._reduce(k, j) * self.member_on[j] for j, k in enumerate(kernels)]
         return transform.dependency_penalty(s, v, matrices)
 
-    def terms(self, kernels):
-        """(penalty, reg, l1) of Eq. 13 for the members' current kernels."""
+    def terms(self, kernels, quantized=None):
+        """(penalty, reg, l1) of Eq. 13 for the members' current kernels (``quantized``:
+        their Q(W) as in ``residuals``)."""
         l1 = sum(self.l1_term(k) * self.member_on[j] for j, k in enumerate(kernels))
         if not self.use_transform:
             zero = ops.zeros(())
             return zero, zero, l1
         s, v = self._masked_sv()
-        penalty = self.penalty_term(s, v, self.residuals(kernels)) * self.inv_energy
+        penalty = self.penalty_term(s, v, self.residuals(kernels, quantized)) * self.inv_energy
         reg = self.reg_term(self.s, self.v, self.sigma, self.active)
         return penalty, reg, l1

@@ -4,25 +4,23 @@ import keras
 import numpy as np
 from keras import ops
 
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.layers import has_binary_kernel
 from bitat_keras.structure import walk_layers
 
 __all__ = ["FlipRateLogger", "binary_layers", "flip_rate", "kernel_signs"]
 
 
 def binary_layers(model):
-    """The layers of ``model`` (nested models included) whose kernel is binarized: every
-    ``BinaryConv2D`` with a kernel quantizer, by name."""
-    return {
-        layer.name: layer
-        for layer in walk_layers(model)
-        if isinstance(layer, BinaryConv2D) and layer.kernel_quantizer is not None
-    }
+    """The layers of ``model`` (nested models included) whose kernel is binarized
+    (``layers.has_binary_kernel``: every ``BinaryConv2D`` with a kernel quantizer), by name."""
+    return {layer.name: layer for layer in walk_layers(model) if has_binary_kernel(layer)}
 
 
 def kernel_signs(layer):
-    """The signs the layer's kernel quantizer gives its latent kernel (True: +1), as numpy."""
-    return ops.convert_to_numpy(layer.kernel) >= 0
+    """The signs the layer's kernel quantizer gives its latent kernel (True: +1), as numpy:
+    the +-1 part of ``layer.kernel_and_scale()``."""
+    signs, _ = layer.kernel_and_scale()
+    return ops.convert_to_numpy(signs) > 0
 
 
 def flip_rate(before, after):

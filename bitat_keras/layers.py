@@ -133,14 +133,7 @@ class BinaryConv2D(keras.layers.Conv2D):
         for a real kernel. The convolution multiplies its output by alpha instead of its
         kernel: a sum of +-1 products is an exact integer in float32, so an output that is
         0 is exactly 0, as in LCE's integer kernel, and the next sign agrees with LCE's."""
-        w = self.kernel
-        if self.kernel_quantizer is None:
-            return w, None
-        split = getattr(self.kernel_quantizer, "sign_and_scale", None)
-        kernel, scale = split(w) if split else (self.kernel_quantizer(w), None)
-        if scale is None and self.kernel_scale == "per_channel":
-            scale = quantizers.channel_scale(w)  # a quantizer's own scale is not applied twice
-        return kernel, scale
+        return quantizers.kernel_and_scale(self.kernel, self.kernel_quantizer, self.kernel_scale)
 
     def _one_padding(self, shape):
         pads = []
@@ -161,14 +154,21 @@ class BinaryConv2D(keras.layers.Conv2D):
             )
         return [(0, 0), pads[0], pads[1], (0, 0)]
 
+    def binarized_input(self, x):
+        """``(input, padding)`` the convolution takes when the input is binarized:
+        ``input_quantizer(x - t)``, padded with ``pad_values`` like TF's SAME split and
+        convolved ``"valid"`` when ``padding="same"`` and ``pad_values`` is not 0, else
+        the layer's own ``padding`` (the input quantizer must be set)."""
+        x = self.input_quantizer(self.shifted(x))
+        if self.padding == "same" and self.pad_values != 0.0:
+            x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
+            return x, "valid"
+        return x, self.padding
+
     def call(self, inputs):
-        x = inputs
-        padding = self.padding
+        x, padding = inputs, self.padding
         if self.input_quantizer is not None:
-            x = self.input_quantizer(self.shifted(x))
-            if padding == "same" and self.pad_values != 0.0:
-                x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
-                padding = "valid"
+            x, padding = self.binarized_input(x)
         return self._convolve(x, *self.kernel_and_scale(), padding)
 
     def _convolve(self, x, kernel, scale, padding):
@@ -204,6 +204,20 @@ class BinaryConv2D(keras.layers.Conv2D):
             }
         )
         return config
+
+
+def has_binary_kernel(layer):
+    """Whether ``layer`` is a ``BinaryConv2D`` (or a subclass) whose kernel is binarized
+    (``kernel_quantizer`` set): its kernel is stored as 1-bit and its signs can flip."""
+    return isinstance(layer, BinaryConv2D) and layer.kernel_quantizer is not None
+
+
+def is_binary_conv(layer):
+    """Whether ``layer`` is a ``BinaryConv2D`` with both ``input_quantizer`` and
+    ``kernel_quantizer`` set: a binary (XNOR-popcount) convolution, the layers LCE should
+    turn into ``LceBconv2d`` ops. A layer with only one side binarized stays a float
+    convolution."""
+    return has_binary_kernel(layer) and layer.input_quantizer is not None
 
 
 @register
@@ -328,5 +342,7 @@ __all__ = [
     "LearnableBias",
     "QuantConv2D",
     "RPReLU",
+    "has_binary_kernel",
+    "is_binary_conv",
     "same_paddings",
 ]

@@ -76,15 +76,11 @@ class GatedBinaryConv2D(BinaryConv2D):
     def call(self, inputs):
         if self.fixed is not None:
             return self._fixed_call(inputs, *self.fixed)
-        x = inputs
-        padding = self.padding
-        on_input = self.gates.input > 0.5
-        x = ops.where(on_input, self.input_quantizer(self.shifted(x)), x)
-        if padding == "same" and self.pad_values != 0.0:
-            pads = self._one_padding(x.shape)
-            border = ops.pad(ops.zeros_like(x), pads, constant_values=self.pad_values)
-            x = ops.pad(x, pads) + ops.where(on_input, border, ops.zeros_like(border))
-            padding = "valid"
+        signed, padding = self.binarized_input(inputs)
+        real = inputs
+        if padding != self.padding:  # one-padded for a "valid" conv: real is zero-padded
+            real = ops.pad(inputs, self._one_padding(inputs.shape))
+        x = ops.where(self.gates.input > 0.5, signed, real)
         w = ops.convert_to_tensor(self.kernel)
         on_kernel = self.gates.kernel > 0.5
         binary, scale = self.kernel_and_scale()
@@ -98,10 +94,7 @@ class GatedBinaryConv2D(BinaryConv2D):
         other branch (a phase's train step: its gates do not change while it runs)."""
         padding = self.padding
         if binary_input:
-            x = self.input_quantizer(self.shifted(x))
-            if padding == "same" and self.pad_values != 0.0:
-                x = ops.pad(x, self._one_padding(x.shape), constant_values=self.pad_values)
-                padding = "valid"
+            x, padding = self.binarized_input(x)
         kernel, scale = self.kernel_and_scale() if binary_kernel else (self.kernel, None)
         return self._convolve(x, kernel, scale, padding)
 
@@ -262,8 +255,12 @@ class PhaseTrainer(keras.Model):
         return ops.zeros((rows, *shape), dtype=self.student.output.dtype)
 
     def block_terms(self, index):
-        """(penalty, reg, l1) of block ``index`` for its members' current kernels."""
-        return self.blocks[index].terms([m.kernel for m in self.member_layers[index]])
+        """(penalty, reg, l1) of block ``index`` for its members' current kernels, each
+        quantized as its layer quantizes it (``kernel_and_scale``)."""
+        members = self.member_layers[index]
+        return self.blocks[index].terms(
+            [m.kernel for m in members], [m.kernel_and_scale() for m in members]
+        )
 
     def normalize_penalty(self, index):
         """Eq. 13's penalty of block ``index`` divided by ||diag(s) V^T P W||^2 of its

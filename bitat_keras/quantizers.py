@@ -6,17 +6,37 @@ binarizer (a ``stop_gradient`` STE or a plain ``sign`` stays float after convers
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from bitat_keras._registry import register, resolve, serialize
 
 
-def _sign(x):
-    # Forward binarization shared by all quantizers: where(x >= 0, 1, -1), i.e. sign with
-    # sign(0) = +1, written as sign(sign(x) + 0.1): equal for every finite x, recognised by
-    # LCE as an input binarizer, and constant-folded by TensorFlow for kernels of any size
-    # (a `where` on a kernel above 2**18 elements is not folded and the conv stays float).
+def sign(x):
+    """The binarization Q of the whole package: ``where(x >= 0, 1, -1)``, i.e. sign with
+    sign(0) = +1, for tensors and without a gradient rule of its own (every quantizer here
+    wraps it in its straight-through estimator).
+
+    Written as ``sign(sign(x) + 0.1)``: equal for every finite x, recognised by LCE as an
+    input binarizer, and constant-folded by TensorFlow for kernels of any size (a ``where``
+    on a kernel above 2**18 elements is not folded and the conv stays float).
+
+    Example:
+        >>> keras.ops.convert_to_numpy(sign(keras.ops.convert_to_tensor([-0.5, 0.0, 2.0])))
+        array([-1.,  1.,  1.], dtype=float32)
+    """
     return ops.sign(ops.sign(x) + 0.1)
+
+
+def numpy_sign(x):
+    """``sign`` for numpy arrays, the same rule: ``where(x >= 0, 1.0, -1.0)`` (float64;
+    0 counts as +1). For statistics and analyses computed outside the graph.
+
+    Example:
+        >>> numpy_sign(np.array([-0.5, 0.0, 2.0]))
+        array([-1.,  1.,  1.])
+    """
+    return np.where(np.asarray(x) >= 0, 1.0, -1.0)
 
 
 def _with_gradient(x, grad_fn):
@@ -37,7 +57,7 @@ def _with_gradient(x, grad_fn):
                 (upstream,) = args
             return upstream * grad_fn(x)
 
-        return _sign(x), grad
+        return sign(x), grad
 
     return _quantize(x)
 
@@ -48,6 +68,26 @@ def channel_scale(w):
     ``magnitude_aware_sign``)."""
     w = ops.convert_to_tensor(w)
     return ops.stop_gradient(ops.mean(ops.abs(w), axis=tuple(range(len(w.shape) - 1))))
+
+
+def kernel_and_scale(w, quantizer, kernel_scale="per_channel"):
+    """A kernel binarized as a binary conv uses it: ``(signs, scale)`` with ``signs`` the
+    quantizer's +-1 part (its straight-through gradient included) and ``scale`` the
+    per-output-channel scale, or None. The quantizer's own scale (``sign_and_scale``, e.g.
+    ``MagnitudeAwareSign``) is used if it has one, else ``channel_scale(w)`` with
+    ``kernel_scale="per_channel"`` (never both: a scale is not applied twice); no quantizer
+    gives ``(w, None)``, a real kernel. The binary kernel is ``signs * scale``.
+
+    Example:
+        >>> signs, scale = kernel_and_scale(keras.ops.ones((3, 3, 8, 16)), SteSign())
+    """
+    if quantizer is None:
+        return w, None
+    split = getattr(quantizer, "sign_and_scale", None)
+    signs, scale = split(w) if split else (quantizer(w), None)
+    if scale is None and kernel_scale == "per_channel":
+        scale = channel_scale(w)
+    return signs, scale
 
 
 class Quantizer:
@@ -230,8 +270,11 @@ __all__ = [
     "approx_sign",
     "channel_scale",
     "get",
+    "kernel_and_scale",
     "magnitude_aware_sign",
+    "numpy_sign",
     "serialize",
+    "sign",
     "ste_sign",
     "swish_sign",
 ]

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from bitat_keras.quantizers import numpy_sign
 from bitat_keras.transform import im2col
 
 
@@ -15,10 +16,11 @@ def layer_input_model(model, layer):
 def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, batch_size=256):
     """im2col rows (N x kh*kw*cin) of the operand that ``layer``'s kernel multiplies.
 
-    With ``binarized=True`` the layer's input is passed through the forward sign and padded
-    with the layer's ``pad_values``, exactly as the binarized convolution sees it; otherwise
-    the raw input with zero padding. Rows are subsampled uniformly (seeded) to ``max_rows``,
-    so the memory bound is max_rows * d float32 values.
+    With ``binarized=True`` the layer's input is passed through the forward sign
+    (``quantizers.numpy_sign``) and padded with the layer's ``pad_values``, exactly as the
+    binarized convolution sees it; otherwise the raw input with zero padding. Rows are
+    subsampled uniformly (seeded) to ``max_rows``, so the memory bound is max_rows * d
+    float32 values.
     """
     sub = layer_input_model(model, layer)
     # Plain (eager) calls: a predict() per layer would trace a new tf.function every time.
@@ -32,7 +34,7 @@ def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, b
     if binarized:
         if getattr(layer, "input_threshold", False):  # sign(x - t)
             inputs = inputs - keras.ops.convert_to_numpy(layer.threshold)
-        inputs = np.where(inputs >= 0, 1.0, -1.0).astype(np.float32)
+        inputs = numpy_sign(inputs).astype(np.float32)
         pad_value = getattr(layer, "pad_values", 0.0)
     rows = im2col(
         inputs,

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from bitat_keras.layers import BinaryConv2D, RPReLU
+from bitat_keras.layers import RPReLU, has_binary_kernel, is_binary_conv
 from bitat_keras.structure import check_model, walk_layers
 
 __all__ = ["flatbuffer_estimate", "summary"]
@@ -26,14 +26,6 @@ def _shape(tensor):
     return tuple(tensor.shape[1:])
 
 
-def _is_binary_kernel(layer):
-    return isinstance(layer, BinaryConv2D) and layer.kernel_quantizer is not None
-
-
-def _is_bconv(layer):
-    return _is_binary_kernel(layer) and layer.input_quantizer is not None
-
-
 def _macs(layer):
     """Multiply-accumulates of one forward pass of one sample: (binary, float). A conv is
     binary when both its input and its kernel are binarized (an XNOR-popcount on LCE)."""
@@ -51,7 +43,7 @@ def _macs(layer):
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw = layer.kernel_size
         macs = _size(out) * kh * kw * inp[-1] // getattr(layer, "groups", 1)
-        return (macs, 0) if _is_bconv(layer) else (0, macs)
+        return (macs, 0) if is_binary_conv(layer) else (0, macs)
     if isinstance(layer, keras.layers.Dense):
         return 0, _size(out) * inp[-1]
     return 0, 0
@@ -76,7 +68,7 @@ def flatbuffer_estimate(model):
         params = [_size(w.shape) for w in layer.weights]
         if isinstance(layer, keras.layers.BatchNormalization):
             weights += 4 * _size(layer.moving_mean.shape)
-        elif _is_bconv(layer):
+        elif is_binary_conv(layer):
             kh, kw, cin, cout = (int(d) for d in layer.kernel.shape)
             weights += 4 * cout * kh * kw * -(-cin // 32) + 8 * cout + 4 * sum(params[1:])
             ops += 3 if getattr(layer, "threshold", None) is not None else 2
@@ -120,7 +112,7 @@ def summary(model, print_fn=print):
         if getattr(layer, "layers", None):  # a nested model: its own layers are rows
             continue
         params = sum(_size(w.shape) for w in layer.weights)
-        binary = _size(layer.kernel.shape) if _is_binary_kernel(layer) else 0
+        binary = _size(layer.kernel.shape) if has_binary_kernel(layer) else 0
         binary_macs, float_macs = _macs(layer)
         if not params and not binary_macs and not float_macs:
             continue

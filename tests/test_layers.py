@@ -146,3 +146,35 @@ def test_training_step_moves_latent_kernel():
     model.fit(rng.normal(size=(8, 8, 8, 1)), rng.integers(0, 3, 8), epochs=1, verbose=0)
     after = keras.ops.convert_to_numpy(model.get_layer("block1_conv3x3").kernel)
     assert np.abs(after - before).max() > 0
+
+
+def test_binary_predicates_have_one_home():
+    """``has_binary_kernel``: a binarized kernel; ``is_binary_conv``: both sides binarized
+    (an ``LceBconv2d``). ``bk.export`` re-exports the same function."""
+    from bitat_keras.layers import has_binary_kernel, is_binary_conv
+
+    cases = {
+        (True, True): BinaryConv2D(3, 1),
+        (True, False): BinaryConv2D(3, 1, input_quantizer=None),
+        (False, False): BinaryConv2D(3, 1, kernel_quantizer=None),
+    }
+    for (kernel, both), layer in cases.items():
+        assert has_binary_kernel(layer) is kernel and is_binary_conv(layer) is both
+    assert not has_binary_kernel(keras.layers.Conv2D(3, 1))
+    assert bk.export.is_binary_conv is bk.export.checks.is_binary_conv is is_binary_conv
+
+
+@pytest.mark.parametrize("padding, pad_values", [("same", 1.0), ("same", 0.0), ("valid", 1.0)])
+def test_binarized_input_is_the_signed_one_padded_input(padding, pad_values):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 7, 7, 3)).astype("float32")
+    layer = BinaryConv2D(4, 3, strides=2, padding=padding, pad_values=pad_values)
+    layer.build(x.shape)
+    xb, conv_padding = layer.binarized_input(x)
+    expected = np.where(x >= 0, 1.0, -1.0)
+    if padding == "same" and pad_values == 1.0:  # TF-SAME split of 7 with k=3, s=2: (1, 1)
+        expected = np.pad(expected, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=1.0)
+        assert conv_padding == "valid"
+    else:
+        assert conv_padding == padding
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(xb), expected)

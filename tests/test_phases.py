@@ -104,6 +104,44 @@ def test_a_phase_differentiates_only_its_trainable_weights_with_a_fresh_optimize
     assert {id(v) for v in trainer.trainable_variables} == {id(v) for v in everything}
 
 
+@pytest.mark.parametrize(
+    "kernel_quantizer, kernel_scale",
+    [
+        ("ste_sign", "per_channel"),
+        ("magnitude_aware_sign", "per_channel"),
+        ("magnitude_aware_sign", None),
+        ("ste_sign", None),
+    ],
+)
+def test_block_residual_uses_the_layers_own_quantizer_and_scale(kernel_quantizer, kernel_scale):
+    """Eq. 13's W - Q(W) is taken with Q as the layer computes it (quantized_kernel): a
+    kernel quantizer with its own scale is not scaled twice, kernel_scale=None is pure +-1,
+    in the residual the block computes, in the one PhaseTrainer passes it, and for the
+    "sign" gradient as for the "latent" one."""
+    rng = np.random.default_rng(4)
+    kwargs = dict(kernel_quantizer=kernel_quantizer, kernel_scale=kernel_scale, use_bias=False)
+    net = keras.Sequential(
+        [keras.Input((5, 5, 2)), phases.GatedBinaryConv2D(3, 3, name="g", **kwargs)]
+    )
+    layer = net.get_layer("g")
+    layer.kernel.assign(rng.normal(size=(3, 3, 2, 3)).astype("float32"))
+    kernel = ops.convert_to_numpy(layer.kernel).reshape(18, 3)
+    expected = kernel - ops.convert_to_numpy(layer.quantized_kernel()).reshape(18, 3)
+    for gradient in ("latent", "sign"):
+        bt = BlockTransform(
+            np.ones(18), np.eye(18), 0.0, [("g", None, 18)], lam=1.0, gamma=0.0,
+            reg_weight=0.0, penalty_gradient=gradient, kernel_quantizer=kernel_quantizer,
+        )  # fmt: skip
+        (residual,) = bt.residuals([layer.kernel], [layer.kernel_and_scale()])
+        np.testing.assert_array_equal(ops.convert_to_numpy(residual), expected)
+        if kernel_scale == "per_channel":  # the block's own default: a per-channel scale
+            (residual,) = bt.residuals([layer.kernel])
+            np.testing.assert_array_equal(ops.convert_to_numpy(residual), expected)
+        trainer = phases.PhaseTrainer(net, ["g"], [bt], [["g"]])
+        penalty = float(ops.convert_to_numpy(trainer.block_terms(0)[0]))
+        assert penalty == pytest.approx(np.sum(expected.astype(float) ** 2), rel=1e-6)
+
+
 def _numpy_penalty(s, v, ps, rs, mask=None):
     r = np.vstack([p @ m for p, m in zip(ps, rs, strict=True)])
     if mask is not None:

@@ -128,3 +128,13 @@ def test_eager_gradient_through_keras_variables_equals_the_traced_one():
         grads = tape.gradient(value, model.trainable_weights)
         optimizer.apply(grads, model.trainable_weights)
     assert np.abs(layer.kernel.numpy() - before).max() > 0
+
+
+def test_tensor_sign_and_numpy_sign_are_one_rule():
+    """``quantizers.sign`` (tensors) and ``quantizers.numpy_sign`` (numpy) both map x >= 0
+    (0 and -0 included) to +1 and the rest to -1, as every quantizer's forward does."""
+    x = np.concatenate([GRID, [0.0, -0.0, 1e-30, -1e-30, np.inf, -np.inf]]).astype("float32")
+    tensor = ops.convert_to_numpy(bk.quantizers.sign(ops.convert_to_tensor(x)))
+    np.testing.assert_array_equal(tensor, bk.quantizers.numpy_sign(x))
+    np.testing.assert_array_equal(bk.quantizers.numpy_sign(x), numpy_sign(x))
+    np.testing.assert_array_equal(ops.convert_to_numpy(bk.quantizers.ste_sign(x)), tensor)

@@ -28,6 +28,7 @@ from bitat_keras.export.checks import (
     UntrainedModelWarning,
     check_convertible,
     check_keras_file,
+    is_binary_conv,
 )
 from bitat_keras.export.convert import (
     binary_conv_layers,
@@ -61,6 +62,7 @@ __all__ = [
     "convert_float_tflite",
     "convert_keras_model",
     "inspect_tflite",
+    "is_binary_conv",
     "lce_benchmark_commands",
     "save_flatbuffer",
     "verify_tflite",

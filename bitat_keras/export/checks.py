@@ -14,7 +14,7 @@ import zlib
 import keras
 import numpy as np
 
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.layers import BinaryConv2D, is_binary_conv
 from bitat_keras.structure import check_model, walk_layers
 
 __all__ = [
@@ -50,16 +50,6 @@ class UntrainedModelWarning(UserWarning):
 class ModelFileError(ValueError):
     """A file that is not a loadable Keras 3 ``.keras`` model (damaged, truncated, or
     something else)."""
-
-
-def is_binary_conv(layer):
-    """Whether ``layer`` is a ``BinaryConv2D`` with both ``input_quantizer`` and
-    ``kernel_quantizer`` set: the layers LCE should turn into ``LceBconv2d`` ops."""
-    return (
-        isinstance(layer, BinaryConv2D)
-        and layer.input_quantizer is not None
-        and layer.kernel_quantizer is not None
-    )
 
 
 # --------------------------------------------------------------------------- the file

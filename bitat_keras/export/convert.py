@@ -6,9 +6,10 @@ import re
 import tempfile
 import warnings
 
-from bitat_keras.export.checks import ConversionWarning, check_convertible, is_binary_conv
+from bitat_keras.export.checks import ConversionWarning, check_convertible
 from bitat_keras.export.flatbuffer import BCONV_OP, float_conv_tensor_names, inspect_tflite
 from bitat_keras.export.parity import input_list
+from bitat_keras.layers import BinaryConv2D, is_binary_conv
 from bitat_keras.structure import check_model, walk_layers
 
 __all__ = [
@@ -24,9 +25,9 @@ _NO_BINARY_MESSAGE = "no BinaryConv2D layers; the flatbuffer is float"
 def binary_conv_layers(model):
     """Names of the ``BinaryConv2D`` layers that LCE should turn into ``LceBconv2d``.
 
-    Those are the ``BinaryConv2D`` layers (nested models included) whose
-    ``input_quantizer`` and ``kernel_quantizer`` are both set; a layer with only one side
-    binarized stays a float convolution by design.
+    Those are the layers (nested models included) for which ``layers.is_binary_conv``
+    holds: ``BinaryConv2D`` layers whose ``input_quantizer`` and ``kernel_quantizer`` are
+    both set; a layer with only one side binarized stays a float convolution by design.
 
     Args:
         model: a ``keras.Model``.
@@ -48,8 +49,6 @@ def binary_conv_layers(model):
 
 
 def _any_binary_conv(model):
-    from bitat_keras.layers import BinaryConv2D
-
     return any(isinstance(layer, BinaryConv2D) for layer in walk_layers(model))
 
 
