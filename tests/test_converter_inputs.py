@@ -173,13 +173,13 @@ def test_zero_kernel_and_unset_thresholds_warn():
     layer.kernel.assign(np.zeros(layer.kernel.shape, "float32"))
     with pytest.warns(ex.UntrainedModelWarning) as caught:
         ex.check_convertible(model)
-    (message,) = [str(w.message) for w in caught]
+    (message,) = [str(w.message) for w in caught if w.category is ex.UntrainedModelWarning]
     assert "the kernels of ['bconv'] are all zeros" in message
     assert "the input thresholds of ['bconv'] are all 0, their initial value" in message
     layer.kernel.assign(np.ones(layer.kernel.shape, "float32"))
     layer.threshold.assign(np.full(layer.threshold.shape, 1e-3, "float32"))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         assert ex.check_convertible(model) == []
 
 
@@ -256,7 +256,7 @@ def test_dilated_binary_conv_converts_exactly(tmp_path, capsys):
     """Not an error: LCE turns a dilated binary conv into an exact LceBconv2d."""
     model = tiny("dilated", dilation_rate=2)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         data = ex.convert_keras_model(model)
     assert ex.inspect_tflite(data)["ops"]["LceBconv2d"] == 1
     x = np.random.default_rng(0).standard_normal((4, 8, 8, 1)).astype("float32")
@@ -295,3 +295,25 @@ def test_parity_mismatch_writes_nothing(good_file, tmp_path, capsys, monkeypatch
     line = cli_error([good_file, "-o", out, "--samples", "2"], capsys, code=1)
     assert "relative difference 0.5 > 1e-3); nothing was written to" in line
     assert untouched(out, previous=True)
+
+
+# --------------------------------------------------------------------------- runtime ops
+
+
+def test_custom_ops_no_runtime_provides_are_refused():
+    """TensorFlow 2.21 lowers exact GELU to a custom ``Erfc`` op that neither TFLite nor LCE
+    registers. Here TensorFlow's own converter makes such a flatbuffer (allow_custom_ops)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: tf.math.erfc(x), input_signature=[tf.TensorSpec([1, 4])])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    converter.allow_custom_ops = True
+    data = converter.convert()
+    assert ex.custom_op_names(data) == {"Erfc"}
+    model = tiny("gelu_user")
+    with pytest.raises(ValueError, match=r"model 'gelu_user' needs the custom op\(s\) \['Erfc'\]"):
+        ex.check_runtime_ops(model, data)
+    with pytest.warns(ex.ConversionWarning, match="approximate=True"):
+        ex.check_runtime_ops(model, data, strict=False)
+    lce = ex.convert_keras_model(model)  # LCE's own custom ops are expected
+    assert ex.custom_op_names(lce) and ex.custom_op_names(lce) <= ex.LCE_CUSTOM_OPS

@@ -63,7 +63,7 @@ def test_a_model_that_knows_the_task_is_used_as_it_is(trained):
     inference, batch = teacher.accuracies(model, *data)
     assert inference > 0.8 and batch > 0.8
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         assert teacher.check_pretrained(model, TrainData(data, model, 64), teacher=True) is model
 
 

@@ -32,6 +32,7 @@ from bitat_keras.export.checks import (
 )
 from bitat_keras.export.convert import (
     binary_conv_layers,
+    check_runtime_ops,
     convert_float_tflite,
     convert_keras_model,
 )
@@ -42,12 +43,18 @@ from bitat_keras.export.files import (
     lce_benchmark_commands,
     save_flatbuffer,
 )
-from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
+from bitat_keras.export.flatbuffer import (
+    BCONV_OP,
+    LCE_CUSTOM_OPS,
+    custom_op_names,
+    inspect_tflite,
+)
 from bitat_keras.export.interpreter import LceInterpreter, LceNumpyError
 from bitat_keras.export.parity import verify_tflite
 
 __all__ = [
     "BCONV_OP",
+    "LCE_CUSTOM_OPS",
     "PARITY_TOLERANCE",
     "ConversionWarning",
     "LceInterpreter",
@@ -56,6 +63,8 @@ __all__ = [
     "UnsafeModelError",
     "UntrainedModelWarning",
     "binary_conv_layers",
+    "check_runtime_ops",
+    "custom_op_names",
     "check_convertible",
     "check_keras_file",
     "convert_file",

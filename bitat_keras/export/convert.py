@@ -7,7 +7,13 @@ import tempfile
 import warnings
 
 from bitat_keras.export.checks import ConversionWarning, check_convertible
-from bitat_keras.export.flatbuffer import BCONV_OP, float_conv_tensor_names, inspect_tflite
+from bitat_keras.export.flatbuffer import (
+    BCONV_OP,
+    LCE_CUSTOM_OPS,
+    custom_op_names,
+    float_conv_tensor_names,
+    inspect_tflite,
+)
 from bitat_keras.export.parity import input_list
 from bitat_keras.layers import BinaryConv2D, is_binary_conv
 from bitat_keras.structure import check_model, walk_layers
@@ -15,6 +21,7 @@ from bitat_keras.structure import check_model, walk_layers
 __all__ = [
     "ConversionWarning",
     "binary_conv_layers",
+    "check_runtime_ops",
     "convert_float_tflite",
     "convert_keras_model",
 ]
@@ -230,6 +237,40 @@ def _check_binary(model, data, strict):
     warnings.warn(message, ConversionWarning, stacklevel=3)
 
 
+# What the converter lowers to a custom op that no runtime registers, and the way out.
+_CUSTOM_OP_HINTS = {
+    "Erfc": "exact GELU (keras.activations.gelu, approximate=False), which TensorFlow 2.21 "
+    "lowers to Erfc (TensorFlow 2.16 converts it to TFLite's GELU op): use "
+    "gelu(x, approximate=True), which converts to the GELU op under both",
+}
+
+
+def check_runtime_ops(model, data, strict=True):
+    """Raise (``strict``) or warn when the flatbuffer ``data`` of ``model`` needs custom ops
+    that neither TFLite's builtins nor LCE provide: LCE's interpreter and
+    ``lce_benchmark_model`` would refuse it when allocating its tensors.
+
+    Example:
+        >>> check_runtime_ops(bnn, convert_keras_model(bnn))  # doctest: +SKIP
+    """
+    unknown = sorted(custom_op_names(data) - LCE_CUSTOM_OPS)
+    if not unknown:
+        return
+    hints = [f"{op}: {_CUSTOM_OP_HINTS[op]}" for op in unknown if op in _CUSTOM_OP_HINTS]
+    message = (
+        f"The flatbuffer of model {model.name!r} needs the custom op(s) {unknown}, which "
+        "neither TFLite's builtins nor LCE provide, so LCE's interpreter and runtime cannot "
+        "run it. Expected only builtin ops and LCE's "
+        f"{sorted(LCE_CUSTOM_OPS)}."
+        + (f" Where they come from: {'; '.join(hints)}." if hints else "")
+    )
+    if strict:
+        raise ValueError(
+            message + " Pass strict=False to keep it for a runtime that registers them."
+        )
+    warnings.warn(message, ConversionWarning, stacklevel=3)
+
+
 def convert_keras_model(model, *, strict=True, **lce_kwargs):
     """Convert a Keras 3 model to a larq-compute-engine (LCE) TFLite flatbuffer.
 
@@ -257,7 +298,8 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
     Raises:
         TypeError: ``model`` is not a ``keras.Model`` or an LCE option is unknown.
         ValueError: a layer LCE cannot convert exactly, a NaN or infinite weight, or
-            (strict) binary convolutions that stay float or are grouped.
+            (strict) binary convolutions that stay float or are grouped, or custom ops
+            that neither TFLite nor LCE provide (``check_runtime_ops``).
         RuntimeError: the model could not be exported or converted.
 
     Example:
@@ -270,6 +312,7 @@ def convert_keras_model(model, *, strict=True, **lce_kwargs):
     lce_kwargs = _lce_convert_kwargs(lce_kwargs)
     data = _convert_via_saved_model(model, lce_kwargs)
     _check_binary(model, data, strict)
+    check_runtime_ops(model, data, strict)
     return data
 
 

@@ -6,6 +6,8 @@ import os
 
 __all__ = [
     "BCONV_OP",
+    "LCE_CUSTOM_OPS",
+    "custom_op_names",
     "float_conv_tensor_names",
     "inspect_tflite",
     "read_flatbuffer",
@@ -14,6 +16,8 @@ __all__ = [
 
 #: Name of LCE's bitpacked binary convolution in a flatbuffer's operator-code table.
 BCONV_OP = "LceBconv2d"
+#: The custom ops LCE's interpreter and runtime register besides TFLite's builtins.
+LCE_CUSTOM_OPS = frozenset({BCONV_OP, "LceQuantize", "LceDequantize", "LceBMaxPool2d"})
 
 
 _FLOAT_CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
@@ -101,6 +105,29 @@ def inspect_tflite(flatbuffer):
         "num_subgraphs": len(subgraphs),
         "subgraphs": subgraphs,
     }
+
+
+def custom_op_names(flatbuffer):
+    """The custom codes in a flatbuffer's operator-code table (``{"LceBconv2d", ...}``):
+    ops a runtime must register itself, as TFLite's builtins do not include them.
+
+    Example:
+        >>> custom_op_names(convert_keras_model(bnn)) <= LCE_CUSTOM_OPS
+        True
+    """
+    data = read_flatbuffer(flatbuffer)
+    schema = tflite_schema()
+    model = schema.Model.GetRootAs(data, 0)
+    out = set()
+    for i in range(model.OperatorCodesLength()):
+        opcode = model.OperatorCodes(i)
+        if (
+            max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+            == schema.BuiltinOperator.CUSTOM
+        ):
+            code = opcode.CustomCode()
+            out.add(code.decode("utf-8", "replace") if code else "CUSTOM")
+    return out
 
 
 def builtin_names(schema):
