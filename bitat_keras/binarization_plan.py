@@ -8,6 +8,8 @@ one-signed (after a ReLU, ``sign`` maps every value to +1).
 """
 
 import dataclasses
+import importlib.metadata
+import re
 import warnings
 
 import keras
@@ -225,6 +227,18 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
     return result
 
 
+def tensorflow_version():
+    """The installed TensorFlow's ``(major, minor)``, read from the package metadata without
+    importing it; None when neither ``tensorflow`` nor ``tensorflow-cpu`` is installed."""
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return None
+
+
 def _advise(result, model):
     policy = mixed_precision_of(model)
     if policy is not None:
@@ -232,6 +246,20 @@ def _advise(result, model):
             f"the model (or the global policy) uses the dtype policy {policy!r}; the "
             "binarized model computes in float32 (binary layers and LCE export need "
             "float32). Your model and the global policy are left as they are."
+        )
+    gelu = [
+        layer.name
+        for layer in model.layers
+        if getattr(getattr(layer, "activation", None), "__name__", "") == "gelu"
+    ]
+    version = tensorflow_version()
+    if gelu and version is not None and version >= (2, 21):
+        result.warnings.append(
+            f"the layer(s) {_names(gelu)} use exact GELU, which the installed TensorFlow "
+            f"{version[0]}.{version[1]} lowers to a custom Erfc op that LCE's runtime lacks: "
+            "bk.convert_keras_model would refuse the trained model. Use "
+            "keras.activations.gelu(x, approximate=True) (TFLite's GELU op) before "
+            "training, or convert under TensorFlow 2.16."
         )
     binary = [r for r in result.rows if r.binarized]
     constant = [r.name for r in binary if r.constant_input]

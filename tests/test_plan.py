@@ -247,3 +247,24 @@ def test_mixed_precision_models_binarize_train_and_export_in_float32(policy, dig
     flatbuffer = bk.convert_keras_model(result.model)
     assert bk.inspect_tflite(flatbuffer)["ops"]["LceBconv2d"] == 2
     assert bk.verify_tflite(result.model, flatbuffer, x[:8]) < 1e-3
+
+
+def test_exact_gelu_is_flagged_before_training_where_tensorflow_lowers_it_to_erfc(monkeypatch):
+    from bitat_keras import binarization_plan
+
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3),
+            keras.layers.Activation("gelu"),
+            keras.layers.Conv2D(8, 3, name="binary"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ],  # fmt: skip
+    )
+    monkeypatch.setattr(binarization_plan, "tensorflow_version", lambda: (2, 21))
+    (message,) = [w for w in bk.plan(model).warnings if "GELU" in w]
+    assert "'activation" in message and "TensorFlow 2.21" in message
+    assert "approximate=True" in message
+    monkeypatch.setattr(binarization_plan, "tensorflow_version", lambda: (2, 16))
+    assert not [w for w in bk.plan(model).warnings if "GELU" in w]
