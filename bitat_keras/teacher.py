@@ -26,22 +26,22 @@ def near_chance(accuracy, chance):
     return accuracy <= chance + NEAR_CHANCE * (1.0 - chance)
 
 
-def accuracies(model, x, y):
+def accuracies(model, x, y, batch_size=64):
     """``(inference, batch_statistics)``: top-1 accuracy of ``model`` on ``(x, y)`` with
     its BatchNorm moving statistics, and with each batch's own statistics (training mode,
-    through ``stateless_call``: the model's variables are not changed)."""
+    through ``stateless_call``: the model's variables are not changed). Batches of
+    ``batch_size`` bound the memory a large input (224x224) needs."""
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    inference, batch = [], []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i : i + batch_size]
+        inference.append(keras.ops.convert_to_numpy(model(chunk, training=False)))
+        logits, _ = model.stateless_call(trainable, non_trainable, chunk, training=True)
+        batch.append(keras.ops.convert_to_numpy(logits))
     y = np.asarray(y)
-    inference = keras.ops.convert_to_numpy(model(x, training=False))
-    logits, _ = model.stateless_call(
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        x,
-        training=True,
-    )
-    batch = keras.ops.convert_to_numpy(logits)
-    return (
-        float(np.mean(np.argmax(inference, -1) == y)),
-        float(np.mean(np.argmax(batch, -1) == y)),
+    return tuple(
+        float(np.mean(np.argmax(np.concatenate(out), -1) == y)) for out in (inference, batch)
     )
 
 
