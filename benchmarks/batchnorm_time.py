@@ -7,7 +7,7 @@ jitted forward, on the benchmark presets' networks.
 
 For each network, ``--calls`` re-estimations of 20 batches of
 the preset's batch size (random images: the time does not depend on the values), first with
-the eager loop (``training.jit_compile`` patched to False for the call, the path every other
+the eager loop (``backend.traced_statistics`` patched to False for the call, the path every other
 backend takes), then jitted. The first call of each includes its compilation (JAX compiles
 each eager operation on its first use too); the later ones are what each further phase costs.
 The two paths' moving statistics are compared after the last call. Writes
@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 import bitat_keras as bk
-from bitat_keras import training
+from bitat_keras.fit import backend, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -67,9 +67,9 @@ def moving_statistics(model):
 
 def time_calls(model, batches, calls, jitted):
     """Seconds of each of ``calls`` re-estimations, and the moving statistics after them."""
-    patched = training.traced_statistics
+    patched = backend.traced_statistics
     if not jitted:
-        training.traced_statistics = lambda: False
+        backend.traced_statistics = lambda: False
     try:
         seconds = []
         for _ in range(calls):
@@ -78,7 +78,7 @@ def time_calls(model, batches, calls, jitted):
             assert done == len(batches)
             seconds.append(time.perf_counter() - start)
     finally:
-        training.traced_statistics = patched
+        backend.traced_statistics = patched
     return seconds, moving_statistics(model)
 
 

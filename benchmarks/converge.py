@@ -23,7 +23,7 @@ import render
 from harness import HERE, PRESETS, Bench, log
 from render import converged
 
-from bitat_keras import baselines
+from bitat_keras.fit import baselines
 
 
 def run(preset, out_dir, epoch_counts, seed=0, method="reactnet", learning_rate=None):

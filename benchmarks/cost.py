@@ -21,13 +21,15 @@ import sys
 import time
 import warnings
 
+import harness  # beside this file: on sys.path when run as a script
 import keras
 import numpy as np
-import render  # beside this file: on sys.path when run as a script
+import render
 from render import PER_LAYER_KINDS
 
 import bitat_keras as bk
-from bitat_keras import baselines, datasets, training
+from bitat_keras import datasets
+from bitat_keras.fit import backend, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -37,14 +39,14 @@ RESULTS = os.path.join(HERE, "results")
 NETWORKS = {
     "cpu": dict(
         dataset="fashion_mnist",
-        blocks=((64, 1), (128, 2), (128, 1)),
+        blocks=harness.DEMO_BLOCKS,
         stem_strides=2,
         width=1.0,
         batch=128,
     ),
     "full": dict(
         dataset="fashion_mnist",
-        blocks=((64, 1), (128, 2), (128, 1), (256, 2), (256, 1)),
+        blocks=harness.ANCHOR_BLOCKS,
         stem_strides=1,
         width=1.0,
         batch=128,
@@ -56,7 +58,6 @@ NETWORKS = {
 BASELINE_LR = dict(naive_ste=16e-3, reactnet=4e-3)
 FP_LR = 2e-3
 METHODS = ("naive_ste", "reactnet", "bitat", "bitat_distill")
-BASELINES = {"naive_ste": baselines.naive_ste, "reactnet": baselines.reactnet_two_step}
 STEP_KINDS = {"naive_ste": ("naive_ste",), "reactnet": ("reactnet_step1", "reactnet_step2")}
 
 
@@ -127,7 +128,7 @@ def train_fp(model, data, epochs, batch):
     model.compile(
         keras.optimizers.Adam(training.linear_decay(FP_LR, steps)),
         training.task_loss(),
-        jit_compile=training.jit_compile(),
+        jit_compile=backend.jit_compile(),
     )
     model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
     starts = range(0, min(20 * batch, len(x)), batch)
@@ -176,8 +177,8 @@ def run_method(method, fp, train, epochs, batch, seed):
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     row = {}
-    if method in BASELINES:
-        model, seconds = BASELINES[method](
+    if method in STEP_KINDS:  # a baseline
+        model, seconds = harness.BASELINES[method](
             fp,
             train,
             epochs=epochs,

@@ -13,11 +13,19 @@ import keras
 import numpy as np
 
 import bitat_keras as bk
-from bitat_keras import analysis, datasets, training
+from bitat_keras import datasets
+from bitat_keras.cli.demo import DEMO_BLOCKS
+from bitat_keras.fit import baselines, training
+from bitat_keras.inspect import analysis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ANCHOR_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
-DEMO_BLOCKS = ((64, 1), (128, 2), (128, 1))
+# The baselines every benchmark runs, by row name.
+BASELINES = {
+    "naive_ste": baselines.naive_ste,
+    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
+    "reactnet": baselines.reactnet_two_step,
+}
 PRESETS = {
     # The CPU headline: 20,000 training images (5,000 more held out for validation), the
     # full test set, 8 binary layers; chosen so that FP reaches 88 % and each BiTAT layer

@@ -25,7 +25,8 @@ import numpy as np
 import render  # beside this file: on sys.path when run as a script
 
 import bitat_keras as bk
-from bitat_keras import baselines, datasets, training
+from bitat_keras import datasets
+from bitat_keras.fit import baselines, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import render as reports
 from harness import (
+    BASELINES,
     HERE,
     PRESETS,
     Bench,
@@ -36,15 +37,9 @@ from harness import (
 from render import mean_and_error, paired_seeds, row_order  # noqa: F401  (row_order: tests)
 
 import bitat_keras as bk
-from bitat_keras import baselines
 
 ABLATIONS = ("none", "intra", "cross")
 MAIN_ROWS = ("naive_ste", "naive_ste_distill", "reactnet", "bitat")
-BASELINES = {
-    "naive_ste": baselines.naive_ste,
-    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
-    "reactnet": baselines.reactnet_two_step,
-}
 
 
 def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):

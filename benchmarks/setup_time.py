@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 import bitat_keras as bk
-from bitat_keras import progressive
+from bitat_keras.fit import progressive
 
 
 class _FirstStep(keras.callbacks.Callback):

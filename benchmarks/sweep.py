@@ -26,7 +26,7 @@ import harness  # beside this file: on sys.path when run as a script
 import keras
 import render
 
-from bitat_keras import baselines, training
+from bitat_keras.fit import training
 
 # Schedules: proportions of (activations-first, quantize per layer, fine-tune per layer,
 # final) epochs, scaled to the budget; each gives every layer at least 2 epochs of
@@ -213,11 +213,6 @@ BASELINES = {
     # does and BiTAT does not?
     "naive_ste_distill_lr0.004": ("naive_ste_distill", 4e-3, 1),
 }
-METHODS = {
-    "naive_ste": baselines.naive_ste,
-    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
-    "reactnet": baselines.reactnet_two_step,
-}
 
 
 def full_precision(bench, path):
@@ -244,7 +239,7 @@ def run_row(bench, fp, name):
     if name in BASELINES:
         method, lr, budget = BASELINES[name]
         keras.utils.set_random_seed(0)
-        bnn, seconds = METHODS[method](
+        bnn, seconds = harness.BASELINES[method](
             fp,
             bench.binarization_data(0),
             epochs=harness.budget_epochs(budget, settings["epochs"]),

@@ -1,4 +1,12 @@
-"""bitat-keras: BiTAT binarization for Keras 3, exported with larq-compute-engine."""
+"""bitat-keras: BiTAT binarization for Keras 3, exported with larq-compute-engine.
+
+The package in floors: ``nn`` (quantizers, layers, constraints, regularizers), ``graph``
+(structure, plan, thresholds, ``binarize``), ``method`` (BiTAT's transform), ``fit``
+(Algorithm 1, its phases, the baselines), ``applications``, ``inspect``, ``export``, ``cli``;
+``datasets`` and ``plots`` beside them; ``models`` gathers the whole-model functions.
+"""
+
+import sys as _sys
 
 try:
     import keras  # noqa: F401  (Keras imports its backend here)
@@ -14,33 +22,35 @@ except ModuleNotFoundError as error:  # TensorFlow is an extra: it may be missin
         name=error.name,
     ) from error
 
-from bitat_keras import (
-    analysis,
-    baselines,
-    callbacks,
-    constraints,
-    datasets,
-    layers,
-    models,
-    multi_worker,
-    quantizers,
-    regularizers,
-    structure,
-    teacher,
-    thresholds,
-    trained_block,
-    training,
-    transform,
-)
-from bitat_keras.baselines import naive_ste, reactnet_two_step
-from bitat_keras.binarization_plan import BinarizationPlan, plan
-from bitat_keras.checkpoint import CheckpointError
-from bitat_keras.config import BiTATConfig
+from bitat_keras import datasets, models
 from bitat_keras.export import convert_keras_model, inspect_tflite, verify_tflite
-from bitat_keras.models import binarize
-from bitat_keras.progressive import BiTATResult, NonFiniteLossError, progressive_fit
+from bitat_keras.fit import baselines, multi_worker, teacher, training
+from bitat_keras.fit.baselines import naive_ste, reactnet_two_step
+from bitat_keras.fit.checkpoint import CheckpointError
+from bitat_keras.fit.progressive import (
+    BiTATResult,
+    NonFiniteLossError,
+    PhaseRecord,
+    progressive_fit,
+)
+from bitat_keras.graph import structure, thresholds
+from bitat_keras.graph.binarization_plan import BinarizationPlan, plan
+from bitat_keras.graph.binarize import binarize
+from bitat_keras.inspect import analysis, callbacks
+from bitat_keras.method import trained_block, transform
+from bitat_keras.method.config import BiTATConfig
+from bitat_keras.nn import constraints, layers, quantizers, regularizers
 
 __version__ = "0.2.0"
+
+# The floors' public modules under their 0.2 paths too, where the package was flat:
+# `from bitat_keras.layers import BinaryConv2D` keeps working.
+for _name in (
+    "analysis", "baselines", "callbacks", "constraints", "layers", "multi_worker", "quantizers",
+    "regularizers", "structure", "teacher", "thresholds", "trained_block", "training", "transform",
+):  # fmt: skip
+    _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
+del _name
 
 __all__ = [
     "BiTATConfig",
@@ -52,6 +62,7 @@ __all__ = [
     "BinarizationPlan",
     "CheckpointError",
     "NonFiniteLossError",
+    "PhaseRecord",
     "binarize",
     "convert_keras_model",
     "inspect_tflite",

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from bitat_keras.progressive import BiTATResult
+from bitat_keras.fit.progressive import BiTATResult
 
 _PHASE_MARKERS = {"quantize": "o", "finetune": "s", "activations": "^", "final": "D"}
 _DPI = 150
@@ -389,7 +389,11 @@ def _history(result):
     if not history:
         raise ValueError("Received an empty history, expected at least one phase record.")
     for i, record in enumerate(history):
-        if not isinstance(record, dict) or "phase" not in record or "layer" not in record:
+        if (
+            not isinstance(record, collections.abc.Mapping)
+            or "phase" not in record
+            or "layer" not in record
+        ):
             raise ValueError(
                 f"Received history[{i}] = {record!r}, expected a progressive_fit record with "
                 "'layer', 'phase', 'loss', 'accuracy' keys."
@@ -526,7 +530,7 @@ def _errors_series(source, fp_model, images, max_rows, seed):
     if isinstance(source, dict) and source and all(_is_errors(v) for v in source.values()):
         return {str(label): errors for label, errors in source.items()}
     if isinstance(source, BiTATResult | keras.Model):
-        from bitat_keras import analysis
+        from bitat_keras.inspect import analysis
 
         binary = source.model if isinstance(source, BiTATResult) else source
         if not isinstance(fp_model, keras.Model):

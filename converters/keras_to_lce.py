@@ -3,9 +3,9 @@
 Usage: python converters/keras_to_lce.py MODEL.keras -o MODEL.tflite [--no-check]
        [--no-strict] [--samples N] [--seed S] [--float-tflite PATH] [--json]
 
-Same as ``bitat-keras convert``; see ``bitat_keras.cli``.
+Same as ``bitat-keras convert``; see ``bitat_keras.cli.main``.
 """
 
-from bitat_keras.cli import convert
+from bitat_keras.cli.main import convert
 
 raise SystemExit(convert())

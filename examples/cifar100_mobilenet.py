@@ -44,7 +44,7 @@ import numpy as np
 
 import bitat_keras as bk
 from bitat_keras.export import binary_conv_layers
-from bitat_keras.training import recalibrate_batchnorm
+from bitat_keras.fit.training import recalibrate_batchnorm
 
 DATASET = "cifar100"
 INPUT_SHAPE = (32, 32, 3)

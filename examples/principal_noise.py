@@ -31,9 +31,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from bitat_keras import datasets, models, transform
-from bitat_keras.statistics import patch_rows
-from bitat_keras.training import train_full_precision
+from bitat_keras import datasets, models
+from bitat_keras.fit.training import train_full_precision
+from bitat_keras.method import transform
+from bitat_keras.method.statistics import patch_rows
 
 DIRECTIONS = ("top", "bottom")
 MODES = ("independent", "progressive")

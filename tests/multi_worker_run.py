@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import bitat_keras as bk  # noqa: E402
-from bitat_keras import baselines  # noqa: E402
+from bitat_keras.fit import baselines  # noqa: E402
 
 x, y = bk.datasets.load("digits", "train")
 x, y = x[:64], y[:64]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras import baselines
-from bitat_keras.training import accuracy, call_model, train_full_precision
+from bitat_keras.fit import baselines
+from bitat_keras.fit.training import accuracy, train_full_precision
+from bitat_keras.graph.structure import call_model
 
 # Measured on 2026-11-29 (TensorFlow, 2-core CPU; sklearn digits 8x8, 1,347 / 450): FP
 # 98.4 %, naive STE 96.7 %, ReActNet 97.1 %, naive STE on the ReLU CNN 97.1 % (FP 97.3 %).

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from bitat_keras import cli
 from bitat_keras import export as ex
+from bitat_keras.cli.main import main as cli
 from bitat_keras.export import files
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.nn.layers import BinaryConv2D
 
 pytestmark = pytest.mark.skipif(
     keras.config.backend() != "tensorflow",

@@ -564,7 +564,7 @@ def test_training_data_from_numpy_augmented_batches():
     """As training data, augmented numpy batches keep their batch size and augmentation;
     each phase seed draws its own order and augmentations, the statistics samples are the
     images as given, and the checkpoint digest tells them from the plain arrays."""
-    from bitat_keras._data import TrainData, sample_images
+    from bitat_keras.fit.data import TrainData, sample_images
 
     rng = np.random.default_rng(1)
     x = rng.random((12, 6, 6, 1)).astype("float32") + 0.1  # no zero pixels
@@ -593,7 +593,7 @@ def test_training_data_from_numpy_augmented_batches():
 
 
 def test_sample_weight_with_numpy_augmented_batches_is_refused():
-    from bitat_keras._data import with_sample_weight
+    from bitat_keras.fit.data import with_sample_weight
 
     batches = D.augmented_batches(
         np.zeros((4, 4, 4, 1)), np.zeros(4), batch_size=2, pipeline="numpy"

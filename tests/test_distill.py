@@ -2,7 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from bitat_keras.distill import Distiller
+from bitat_keras.fit.distill import Distiller
 
 
 def test_distribution_loss_matches_numpy_soft_cross_entropy():

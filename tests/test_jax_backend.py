@@ -106,7 +106,7 @@ SCRIPT = textwrap.dedent(
                             stats_images=32, stats_rows=256, bn_recalibration_batches=2)
     # In progressive_fit the network's forward also reads the trainer's gates: a gate
     # switched between two re-estimations changes the statistics as in the eager definition.
-    from bitat_keras.phase_runner import PhaseRunner
+    from bitat_keras.fit.phase_runner import PhaseRunner
     runner = PhaseRunner(fp, (x, y), config, None, [], 0)
     for on in (False, True):
         runner.trainer.set_binary(0, inputs=on, kernel=on)
@@ -117,7 +117,7 @@ SCRIPT = textwrap.dedent(
         for count, c in enumerate(batches, start=1):
             for bn in runner.bns:
                 bn.momentum = (count - 1) / count
-            bk.training.call_model(runner.net, c, training=True)
+            bk.structure.call_model(runner.net, c, training=True)
         for bn, g in zip(runner.bns, got):
             bn.momentum = 0.99
             np.testing.assert_allclose(g, ops.convert_to_numpy(bn.moving_variance), rtol=1e-4)

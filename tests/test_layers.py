@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras.layers import BinaryConv2D, LearnableBias, RPReLU, same_paddings
+from bitat_keras.nn.layers import BinaryConv2D, LearnableBias, RPReLU, same_paddings
 
 
 def numpy_conv_valid(x, w, stride):
@@ -151,7 +151,7 @@ def test_training_step_moves_latent_kernel():
 def test_binary_predicates_have_one_home():
     """``has_binary_kernel``: a binarized kernel; ``is_binary_conv``: both sides binarized
     (an ``LceBconv2d``). ``bk.export`` re-exports the same function."""
-    from bitat_keras.layers import has_binary_kernel, is_binary_conv
+    from bitat_keras.nn.layers import has_binary_kernel, is_binary_conv
 
     cases = {
         (True, True): BinaryConv2D(3, 1),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.nn.layers import BinaryConv2D
 
 SMALL = dict(num_classes=10, width_multiplier=0.25)
 
@@ -71,3 +71,21 @@ def test_bad_model_arguments():
         bk.models.reactnet_mobilenet((32, 32, 3), blocks=[(48, 1)])
     with pytest.raises(TypeError, match="keras.Model"):
         bk.binarize("model.keras")
+
+
+def test_files_and_imports_from_the_flat_layout_still_work():
+    """The package's floors keep 0.2's paths: its public modules import under their old
+    names, and a .keras file saved then (its config names the module
+    ``bitat_keras.layers``) loads with the same layers and weights."""
+    import pathlib
+    import zipfile
+
+    from bitat_keras.layers import RPReLU  # 0.2: one flat package
+
+    assert RPReLU is bk.layers.RPReLU is bk.nn.layers.RPReLU
+    teacher = pathlib.Path(__file__).parents[1] / "benchmarks/results/teachers/lowdata_seed0.keras"
+    with zipfile.ZipFile(teacher) as z:
+        assert '"module": "bitat_keras.layers"' in z.read("config.json").decode()
+    model = keras.saving.load_model(teacher)
+    assert any(isinstance(layer, RPReLU) for layer in model.layers)
+    assert np.isfinite(model.predict(np.zeros((1, *model.input_shape[1:])), verbose=0)).all()

@@ -250,3 +250,26 @@ def test_one_process_is_the_chief_and_nothing_changes():
         with mw.keras_fit_fixes():
             assert patched() == before
         assert patched() == before
+
+
+def test_the_keras_private_functions_have_the_signatures_the_fixes_were_written_for(
+    monkeypatch,
+):
+    """The installed Keras still has the private functions keras_fit_fixes wraps, with the
+    parameters the wrappers expect; another signature is refused with the Keras version."""
+    import keras
+
+    import bitat_keras as bk
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fixes wrap Keras' TensorFlow trainer")
+    mw = bk.multi_worker
+    trainer = mw.keras_private_trainer()
+    assert trainer.reduce_per_replica is not None
+
+    def changed(values, strategy, reduction, axis=0):  # as a later Keras might have it
+        return values
+
+    monkeypatch.setattr(trainer, "reduce_per_replica", changed)
+    with pytest.raises(RuntimeError, match=r"reduce_per_replica.*3\.15.*Keras .*axis"):
+        mw.keras_private_trainer()

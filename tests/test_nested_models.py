@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras.layers import BinaryConv2D
-from bitat_keras.structure import flatten_model
+from bitat_keras.graph.structure import flatten_model
+from bitat_keras.nn.layers import BinaryConv2D
 
 FAST = dict(
     epochs_per_layer=1, final_epochs=0, batch_size=16, stats_images=32, stats_rows=256,

@@ -55,18 +55,31 @@ def test_dependencies_are_ranges_without_tensorflow():
     assert extras["tensorflow-cpu"] == ["tensorflow-cpu>=2.16.2"]
 
 
-def test_constraints_pin_every_direct_dependency():
+def _pins(name):
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
+            package, version = line.split("==")
+            pins[package.lower()] = version
+    return pins
+
+
+@pytest.mark.parametrize("name", ["constraints.txt", "constraints-lowest.txt"])
+def test_constraints_pin_every_direct_dependency(name):
+    """CI's two sets: the current stack (TensorFlow 2.21, numpy 2) for the whole suite, and
+    the lowest versions pyproject.toml accepts."""
+    pins = _pins(name)
     extras = PYPROJECT["optional-dependencies"]
     direct = PYPROJECT["dependencies"] + extras["test"]
     for requirement in direct:
         assert _requirement_name(requirement) in pins, requirement
-    assert pins["numpy"].startswith("1.") and pins["tensorflow-cpu"] == "2.16.2"
+    if name == "constraints.txt":
+        assert pins["numpy"].startswith("2.") and pins["tensorflow-cpu"] == "2.21.0"
+    else:  # the lower bounds themselves
+        assert pins["numpy"] == "1.26.4" and pins["tensorflow-cpu"] == "2.16.2"
+        assert extras["tensorflow-cpu"] == [f"tensorflow-cpu>={pins['tensorflow-cpu']}"]
+        assert f"keras>={'.'.join(pins['keras'].split('.')[:2])}" in PYPROJECT["dependencies"]
 
 
 def test_missing_backend_is_a_clear_error():

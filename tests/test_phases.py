@@ -5,10 +5,12 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from test_transform import dense_p
 
 import bitat_keras as bk
-from bitat_keras import phases, transform
-from bitat_keras.block import BlockTransform
+from bitat_keras.fit import phases
+from bitat_keras.method import transform
+from bitat_keras.method.block import BlockTransform
 
 FAST = dict(
     epochs_per_layer=1,
@@ -75,7 +77,7 @@ def test_a_phase_differentiates_only_its_trainable_weights_with_a_fresh_optimize
     """Inside ``phase`` only the listed weights are trainable: the train step computes
     gradients for them alone and the phase's new Adam holds slots for them alone; the
     others are bit-for-bit unchanged by the phase; afterwards every weight is trainable."""
-    from bitat_keras.phase_runner import PhaseRunner
+    from bitat_keras.fit.phase_runner import PhaseRunner
 
     config = bk.BiTATConfig(**FAST)
     runner = PhaseRunner(tiny_model(), digits, config, None, [], 0)
@@ -202,7 +204,7 @@ def test_partly_joined_block_counts_only_joined_members(mode):
     assert g2 is None or np.all(g2.numpy() == 0)
     m1 = w1.reshape(18, 5).astype(float)
     q1 = np.where(m1 >= 0, 1.0, -1.0) * np.abs(m1).mean(axis=0)
-    p1 = transform.reduction_matrix(ids, k1)
+    p1 = dense_p(ids, k1)
     mask = np.r_[np.ones(k1), np.zeros(9 - k1)]
     s = np.r_[s1, np.zeros(9 - k1)]
     v = np.zeros((9, 9))

@@ -9,8 +9,8 @@ import pytest
 from keras import ops
 
 import bitat_keras as bk
-from bitat_keras import thresholds
-from bitat_keras.training import accuracy, train_full_precision
+from bitat_keras.fit.training import accuracy, train_full_precision
+from bitat_keras.graph import thresholds
 
 L = keras.layers
 
@@ -250,7 +250,7 @@ def test_mixed_precision_models_binarize_train_and_export_in_float32(policy, dig
 
 
 def test_exact_gelu_is_flagged_before_training_where_tensorflow_lowers_it_to_erfc(monkeypatch):
-    from bitat_keras import binarization_plan
+    from bitat_keras.graph import binarization_plan
 
     model = keras.Sequential(
         [

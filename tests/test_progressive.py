@@ -9,7 +9,7 @@ import pytest
 from keras import ops
 
 import bitat_keras as bk
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.nn.layers import BinaryConv2D
 
 FAST = dict(
     epochs_per_layer=1,
@@ -120,6 +120,15 @@ def test_history_and_callbacks_cover_every_phase(fitted):
     assert {"statistics", "diagnostics", "batchnorm", "other"} <= set(named)
     assert sum(named.values()) == pytest.approx(result.seconds)
     assert 0 <= kinds["other"] < 0.5 * kinds["overhead"]
+    # Typed records that read as mappings too, and round-trip through JSON (checkpoints).
+    first = result.history[0]
+    assert isinstance(first, bk.PhaseRecord) and first.phase == first["phase"] == "quantize"
+    assert first.training_seconds == first.seconds["quantize"]
+    assert "val_accuracy" not in first and first.val_accuracy is None  # no validation data
+    with pytest.raises(KeyError):
+        first["val_accuracy"]
+    again = [bk.PhaseRecord.from_dict(json.loads(json.dumps(dict(r)))) for r in result.history]
+    assert again == result.history
     per_layer = result.seconds_by_layer()
     assert list(per_layer) == bk.models.eligible_layers(result.model)
     assert sum(per_layer.values()) == pytest.approx(
@@ -174,7 +183,7 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
 
     train_mode = acc(True)
     before = acc(False)
-    bk.progressive.recalibrate_batchnorm(model, [x[i : i + 128] for i in range(0, 1280, 128)])
+    bk.training.recalibrate_batchnorm(model, [x[i : i + 128] for i in range(0, 1280, 128)])
     after = acc(False)
     assert train_mode > 0.8
     assert before < train_mode - 0.1  # moving statistics lag behind short runs
@@ -189,7 +198,7 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
         )
 
     before = [statistics(bn) for bn in bns]
-    bk.progressive.recalibrate_batchnorm(model, [2 * x[:64] + 0.5], layers=bns[:1])
+    bk.training.recalibrate_batchnorm(model, [2 * x[:64] + 0.5], layers=bns[:1])
     assert not np.allclose(statistics(bns[0]), before[0])
     for bn, kept in zip(bns[1:], before[1:], strict=True):  # the others keep theirs
         np.testing.assert_array_equal(statistics(bn), kept)
@@ -197,7 +206,7 @@ def test_batchnorm_recalibration_makes_inference_track_training_mode():
 
     # A slice past the data's end is empty: skipped, not averaged in as NaN statistics.
     chunks = [x[i : i + 128] for i in range(0, 2 * len(x), 128)]
-    used = bk.progressive.recalibrate_batchnorm(model, chunks)
+    used = bk.training.recalibrate_batchnorm(model, chunks)
     assert used == sum(len(c) > 0 for c in chunks) < len(chunks)
     for bn in bns:
         assert np.isfinite(statistics(bn)).all()

@@ -18,7 +18,7 @@ from random_models import describe, random_cnn
 
 import bitat_keras as bk
 from bitat_keras import export as ex
-from bitat_keras.layers import BinaryConv2D
+from bitat_keras.nn.layers import BinaryConv2D
 
 pytestmark = pytest.mark.skipif(
     keras.config.backend() != "tensorflow",

@@ -11,12 +11,12 @@ import tensorflow as tf
 from keras import ops
 
 import bitat_keras as bk
-from bitat_keras import baselines
-from bitat_keras._data import TrainData, with_sample_weight
-from bitat_keras.checkpoint import data_digest
-from bitat_keras.distill import Distiller
-from bitat_keras.phase_runner import PhaseRunner
-from bitat_keras.training import task_loss
+from bitat_keras.fit import baselines
+from bitat_keras.fit.checkpoint import data_digest
+from bitat_keras.fit.data import TrainData, with_sample_weight
+from bitat_keras.fit.distill import Distiller
+from bitat_keras.fit.phase_runner import PhaseRunner
+from bitat_keras.fit.training import task_loss
 
 N, CLASSES = 16, 3
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras.summary import flatbuffer_estimate
+from bitat_keras.inspect.summary import flatbuffer_estimate
 
 
 def trained_like(model, seed=0):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
-from bitat_keras import teacher
-from bitat_keras._data import TrainData
+from bitat_keras.fit import teacher
+from bitat_keras.fit.data import TrainData
 
 
 class InferenceBlind(keras.layers.Layer):

@@ -5,7 +5,7 @@ torch is not a dependency of bitat-keras: this test skips unless torch is instal
 cannot be imported checks the quantizers' forward values and straight-through gradients
 through torch's autograd, trains the baselines, runs progressive_fit (exact binary kernels)
 and round-trips the result through `.keras`. Training runs eagerly under torch (no
-torch.compile; see `bitat_keras.training.jit_compile`).
+torch.compile; see `bitat_keras.fit.backend.jit_compile`).
 """
 
 import importlib.util

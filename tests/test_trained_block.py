@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bitat_keras.trained_block import TrainedBlock, partition, v_parameters
+from bitat_keras.method.trained_block import TrainedBlock, partition, v_parameters
 
 SIZES = {"a": (3, 3), "b": (1, 1), "c": (1, 1), "d": (3, 3), "e": (1, 1)}
 

@@ -6,8 +6,9 @@ import pytest
 from keras import ops
 
 import bitat_keras as bk
-from bitat_keras import transform
-from bitat_keras.statistics import patch_rows
+from bitat_keras.method import transform
+from bitat_keras.method.block import BlockTransform
+from bitat_keras.method.statistics import patch_rows
 
 
 def loop_im2col(x, k, stride, pad_value):
@@ -63,17 +64,26 @@ def test_pca_init_equals_numpy_eigh_of_patch_covariance_on_a_conv_layer():
     assert distinct.sum() > 5
 
 
+def dense_p(ids, k):
+    """The oracle for P (Sec. 4.2): dense k x d, P[i, j] = 1/|group i| for j in group i."""
+    p = np.zeros((k, len(ids)))
+    p[np.asarray(ids), np.arange(len(ids))] = 1.0
+    return p / p.sum(axis=1, keepdims=True)
+
+
 @pytest.mark.parametrize("method", ["kmeans", "filter"])
-def test_reduction_matrix_rows_sum_to_one_and_each_dimension_in_one_group(method):
+def test_group_means_is_p_times_x_and_each_dimension_is_in_one_group(method):
     rows = np.random.default_rng(2).normal(size=(200, 3 * 3 * 16))
     ids, k = transform.group_ids(rows, 10, method, kernel_shape=(3, 3, 16), seed=0)
-    p = transform.reduction_matrix(ids, k)
-    assert p.shape == (k, 144) and k <= 10
-    np.testing.assert_allclose(p.sum(axis=1), 1.0)
-    assert np.all((p > 0).sum(axis=0) == 1)  # every dimension in exactly one group
-    for i in range(k):
-        members = np.flatnonzero(ids == i)
-        np.testing.assert_allclose(p[i, members], 1.0 / len(members))
+    assert ids.shape == (144,) and k <= 10
+    assert set(ids.tolist()) == set(range(k))  # every group has members
+    x = np.random.default_rng(3).normal(size=(144, 7))
+    got = transform.group_means(x, ids, k)  # numpy in, numpy out, float64 kept
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(got, dense_p(ids, k) @ x, rtol=1e-10, atol=1e-12)
+    tensor = ops.convert_to_tensor(x.astype("float32"))  # the penalty's side: keras.ops
+    got = ops.convert_to_numpy(transform.group_means(tensor, ids, k))
+    np.testing.assert_allclose(got, dense_p(ids, k) @ x, rtol=1e-5, atol=1e-6)
 
 
 def test_filter_grouping_keeps_each_channel_filter_together():
@@ -92,7 +102,8 @@ def test_kmeans_groups_identical_dimensions_together():
 
 def test_small_layers_use_identity_and_bad_groups_are_rejected():
     ids, k = transform.group_ids(np.zeros((5, 6)), 256)
-    np.testing.assert_array_equal(transform.reduction_matrix(ids, k), np.eye(6))
+    np.testing.assert_array_equal(ids, np.arange(6))
+    assert k == 6
     with pytest.raises(ValueError, match="groups.*>= 1.*0"):
         transform.group_ids(np.zeros((5, 6)), 0)
     with pytest.raises(ValueError, match="Unknown transform 'pca'"):
@@ -102,18 +113,22 @@ def test_small_layers_use_identity_and_bad_groups_are_rejected():
 
 
 def test_block_expansion_keeps_old_blocks_and_zero_off_diagonals():
+    """Eq. 11: s <- [s; s_new], V <- [[V, 0], [0, V_new]], in the joining member's slot."""
     rng = np.random.default_rng(4)
     s1, v1 = rng.random(5), rng.normal(size=(5, 5))
     s2, v2 = rng.random(3), rng.normal(size=(3, 3))
-    s, v = transform.expand_block(s1, v1, s2, v2)
-    assert s.shape == (8,) and v.shape == (8, 8)
-    np.testing.assert_array_equal(s[:5], s1)
-    np.testing.assert_array_equal(s[5:], s2)
+    s0, v0 = np.zeros(9), np.zeros((9, 9))
+    s, v = transform.expand_block(s0, v0, 0, 5, s1, v1)
+    s, v = transform.expand_block(s, v, 5, 4, s2, v2)  # k = 3 in a slot of 4
+    np.testing.assert_array_equal(s, np.r_[s1, s2, 0.0])
     np.testing.assert_array_equal(v[:5, :5], v1)
-    np.testing.assert_array_equal(v[5:, 5:], v2)
-    assert not v[:5, 5:].any() and not v[5:, :5].any()
-    s0, v0 = transform.expand_block(None, None, s1, v1)
-    np.testing.assert_array_equal(v0, v1)
+    np.testing.assert_array_equal(v[5:8, 5:8], v2)
+    assert not v[:5, 5:].any() and not v[5:, :5].any() and not v[8].any() and not v[:, 8].any()
+    # a member that joins again (a resumed run) replaces its own slot only
+    again, v_again = transform.expand_block(s, v + 1.0, 5, 4, s2, v2)
+    np.testing.assert_array_equal(v_again[:5, :5], v1 + 1.0)
+    assert not v_again[:5, 5:].any() and not v_again[5:, :5].any()
+    np.testing.assert_array_equal(again[:5], s1)
 
 
 def numpy_eq13(s, v, ps, ws, sigma, lam, gamma):
@@ -143,11 +158,11 @@ def test_penalty_equals_numpy_eq13_on_random_tensors():
     s = rng.random(k) + 0.5
     v = rng.normal(size=(k, k))
     members = [("a", ids1, k1), ("b", None, 6)]
-    bt = bk.progressive.BlockTransform(s, v, 1.5, members, lam=100.0, gamma=1e-3, reg_weight=1.0)
+    bt = BlockTransform(s, v, 1.5, members, lam=100.0, gamma=1e-3, reg_weight=1.0)
     penalty, reg, l1 = (
         float(t) for t in bt.terms([ops.convert_to_tensor(w1), ops.convert_to_tensor(w2)])
     )
-    ps = [transform.reduction_matrix(ids1, k1), np.eye(6)]
+    ps = [dense_p(ids1, k1), np.eye(6)]
     expected = numpy_eq13(s, v, ps, [w1.astype(float), w2.astype(float)], 1.5, 100.0, 1e-3)
     np.testing.assert_allclose([penalty, reg, l1], expected, rtol=2e-5)
 
@@ -164,7 +179,7 @@ def test_penalty_gradient_flows_into_the_chosen_side(mode):
     w[0, 0, 0, 0] = 1.5  # outside the STE's clip range: no gradient through sgn there
     s = rng.random(5) + 0.5
     v = np.linalg.qr(rng.normal(size=(5, 5)))[0]
-    bt = bk.progressive.BlockTransform(
+    bt = BlockTransform(
         s, v, 0.0, [("a", None, 5)], lam=3.0, gamma=0.0, reg_weight=0.0, penalty_gradient=mode
     )
     kernel = tf.Variable(w)

@@ -14,8 +14,8 @@ import zlib
 import keras
 import numpy as np
 
-from bitat_keras.layers import BinaryConv2D, is_binary_conv
-from bitat_keras.structure import check_model, walk_layers
+from bitat_keras.graph.structure import check_model, walk_layers
+from bitat_keras.nn.layers import BinaryConv2D, is_binary_conv
 
 __all__ = [
     "ConversionWarning",

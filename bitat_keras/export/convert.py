@@ -15,8 +15,8 @@ from bitat_keras.export.flatbuffer import (
     inspect_tflite,
 )
 from bitat_keras.export.parity import input_list
-from bitat_keras.layers import BinaryConv2D, is_binary_conv
-from bitat_keras.structure import check_model, walk_layers
+from bitat_keras.graph.structure import check_model, walk_layers
+from bitat_keras.nn.layers import BinaryConv2D, is_binary_conv
 
 __all__ = [
     "ConversionWarning",

@@ -15,7 +15,7 @@ from bitat_keras.export.convert import (
 from bitat_keras.export.flatbuffer import BCONV_OP, inspect_tflite
 from bitat_keras.export.interpreter import LceNumpyError
 from bitat_keras.export.parity import parity
-from bitat_keras.structure import walk_layers
+from bitat_keras.graph.structure import walk_layers
 
 __all__ = [
     "PARITY_TOLERANCE",

@@ -4,7 +4,7 @@ import numpy as np
 
 from bitat_keras.export.flatbuffer import read_flatbuffer
 from bitat_keras.export.interpreter import LceInterpreter
-from bitat_keras.structure import check_model
+from bitat_keras.graph.structure import check_model
 
 __all__ = ["input_list", "parity", "verify_tflite"]
 

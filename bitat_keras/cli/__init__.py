@@ -1,0 +1,1 @@
+"""The ``bitat-keras`` command line: ``demo`` and ``convert``."""

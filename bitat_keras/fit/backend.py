@@ -1,0 +1,134 @@
+"""Where the backends differ, in one place: which steps are traced and how, eager
+gradients, how a batch is split over devices (and the loss scaled for it), and how many
+processes train. Every other module calls these instead of testing the backend's name.
+
+TensorFlow and JAX are imported here only inside the functions, from the backend Keras
+already imported: ``import bitat_keras`` needs neither.
+"""
+
+import keras
+import numpy as np
+
+__all__ = [
+    "batch_splits",
+    "gradient",
+    "jax_process_count",
+    "jit_compile",
+    "multi_worker_strategy",
+    "per_replica",
+    "trace",
+    "traced_statistics",
+]
+
+
+def jit_compile():
+    """Whether to XLA-compile train steps: always under JAX. XLA under TensorFlow costs more
+    to compile than it saves on CPU-sized runs; torch.compile recompiles for every phase and
+    layer type (minutes on a tiny model), so torch runs eagerly."""
+    return keras.backend.backend() == "jax"
+
+
+def traced_statistics():
+    """Whether BatchNorm re-estimation runs traced forward passes: under JAX and
+    TensorFlow (torch runs them eagerly)."""
+    return keras.backend.backend() in ("jax", "tensorflow")
+
+
+def trace(fn):
+    """``fn`` compiled by the backend: ``jax.jit``, or a ``tf.function`` (not XLA)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf  # already imported by the backend
+
+    return tf.function(fn, reduce_retracing=True)
+
+
+def gradient(fn, variable):
+    """d fn() / d variable, computed eagerly on the active backend.
+
+    Args:
+        fn: a function of no arguments returning a scalar; it reads ``variable``.
+        variable: a ``keras.Variable``.
+
+    Returns:
+        The gradient as a numpy array of the variable's shape.
+
+    Example:
+        >>> g = gradient(lambda: keras.ops.sum(layer.kernel**2), layer.kernel)  # doctest: +SKIP
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # already imported by the backend
+
+        with tf.GradientTape() as tape:
+            value = fn()
+        grad = tape.gradient(value, variable.value)
+    elif backend == "jax":
+        import jax
+
+        def of_value(value):
+            with keras.StatelessScope(state_mapping=[(variable, value)]):
+                return fn()
+
+        grad = jax.grad(of_value)(variable.value)
+    elif backend == "torch":
+        value = variable.value
+        value.grad = None
+        fn().backward()
+        grad = value.grad
+        value.grad = None
+    else:
+        raise NotImplementedError(f"No eager gradient for the {backend!r} backend.")
+    if grad is None:
+        return np.zeros(variable.shape, dtype="float32")
+    return np.asarray(keras.ops.convert_to_numpy(grad))
+
+
+def batch_splits():
+    """``(devices, how)``: the devices every batch is split over and how, from the active
+    ``tf.distribute`` strategy (TensorFlow: "replicas") or ``keras.distribution`` (JAX: its
+    batch axis, "shards"); ``(1, None)`` without one."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # already imported by the backend
+
+        return tf.distribute.get_strategy().num_replicas_in_sync, "replicas"
+    if backend == "jax":
+        dist = keras.distribution.distribution()
+        axis = getattr(dist, "batch_dim_name", None)
+        if axis is not None:
+            mesh = dist.device_mesh
+            return int(mesh.shape[list(mesh.axis_names).index(axis)]), "shards"
+    return 1, None
+
+
+def per_replica(loss):
+    """``loss`` / replicas under a tf.distribute strategy, as Keras scales its compiled loss
+    (the replicas' gradients are summed); unchanged elsewhere (JAX's DataParallel computes
+    the global loss, so nothing to scale there)."""
+    replicas, how = batch_splits()
+    return loss / replicas if how == "replicas" and replicas > 1 else loss
+
+
+def multi_worker_strategy():
+    """The active ``tf.distribute`` strategy if it spans more than one worker, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # already imported by the backend
+
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    local = len(strategy.extended.worker_devices)
+    return strategy if strategy.num_replicas_in_sync > local else None
+
+
+def jax_process_count():
+    """JAX's process count (``keras.distribution.initialize``); 1 on other backends."""
+    if keras.backend.backend() != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()

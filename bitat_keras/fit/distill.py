@@ -1,0 +1,81 @@
+"""Distributional (knowledge-distillation) loss against a full-precision teacher, as in
+ReActNet: the student matches the teacher's softmax."""
+
+import keras
+from keras import ops
+
+from bitat_keras.fit.backend import per_replica
+
+
+def weighted_mean(per_sample, sample_weight=None):
+    """The batch mean of ``per_sample`` losses, each weighted by ``sample_weight`` (shape
+    (batch,), or None: unweighted), reduced as Keras reduces a weighted loss
+    ("sum_over_batch_size"): ``sum(w_i * l_i) / batch_size``."""
+    if sample_weight is None:
+        return ops.mean(per_sample)
+    weights = ops.reshape(ops.cast(sample_weight, per_sample.dtype), (-1,))
+    return ops.mean(per_sample * weights)
+
+
+def soft_cross_entropy(teacher_logits, logits, sample_weight=None):
+    """``- sum_c softmax(teacher)(c) log softmax(logits)(c)`` per sample (no gradient to
+    the teacher), reduced over the batch by ``weighted_mean``; not scaled per replica."""
+    target = ops.stop_gradient(ops.softmax(teacher_logits, axis=-1))
+    per_sample = -ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1)
+    return weighted_mean(per_sample, sample_weight)
+
+
+def teacher_loss(teacher, x, y_pred, sample_weight=None):
+    """The distributional loss of ``y_pred`` against the frozen ``teacher`` on the batch
+    ``x`` (run in inference mode), weighted by ``sample_weight`` (or None) and scaled per
+    replica: the loss of every distilling step, ReActNet's and BiTAT's."""
+    teacher_logits = teacher(x, training=False)
+    return per_replica(soft_cross_entropy(teacher_logits, y_pred, sample_weight))
+
+
+class Distiller(keras.Model):
+    """Trains ``student`` on ``teacher``'s output distribution (plus optional task loss).
+
+    The loss is the cross-entropy between the teacher's softmax and the student's
+    (KL divergence up to a constant), ``- sum_c p_teacher(c) log p_student(c)``, averaged
+    over the batch; with per-sample weights (``fit(x, y, sample_weight=w)`` or
+    ``(x, y, w)`` batches) as Keras weights its losses, ``sum(w_i * l_i) / batch_size``.
+    With ``alpha > 0`` the compiled task loss is added with weight alpha.
+    The teacher is frozen and runs in inference mode. Both models must output logits.
+    Without a teacher, the compiled task loss alone is used.
+
+    Args:
+        student: the model being trained.
+        teacher: the frozen full-precision model, or None.
+        alpha: weight of the compiled task loss when there is a teacher.
+
+    Example:
+        >>> d = Distiller(binary_model, fp_model)
+        >>> d.compile("adam", loss=None)  # doctest: +SKIP
+        >>> d.fit(x, y)  # doctest: +SKIP
+    """
+
+    def __init__(self, student, teacher=None, alpha=0.0, name="distiller"):
+        super().__init__(name=name)
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.trainable = False
+        self.alpha = float(alpha)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def distribution_loss(self, x, y_pred, sample_weight=None):
+        """The teacher term on the batch ``x``, weighted by ``sample_weight`` (or None)."""
+        return teacher_loss(self.teacher, x, y_pred, sample_weight)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.teacher is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        loss = self.distribution_loss(x, y_pred, sample_weight)
+        if self.alpha:
+            task = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+            loss = loss + self.alpha * task
+        return loss

@@ -1,0 +1,49 @@
+"""Input statistics of a layer (Eq. 5, 10; appendix 7.2): what its kernel multiplies."""
+
+import keras
+import numpy as np
+
+from bitat_keras.method.transform import im2col
+from bitat_keras.nn.quantizers import numpy_sign
+
+
+def layer_input_model(model, layer):
+    """A model from ``model``'s inputs to ``layer``'s input, lower layers in their current state."""
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, layer.input)
+
+
+def patch_rows(model, layer, images, *, binarized=True, max_rows=4096, seed=0, batch_size=256):
+    """im2col rows (N x kh*kw*cin) of the operand that ``layer``'s kernel multiplies.
+
+    With ``binarized=True`` the layer's input is passed through the forward sign
+    (``quantizers.numpy_sign``) and padded with the layer's ``pad_values``, exactly as the
+    binarized convolution sees it; otherwise the raw input with zero padding. Rows are
+    subsampled uniformly (seeded) to ``max_rows``, so the memory bound is max_rows * d
+    float32 values.
+    """
+    sub = layer_input_model(model, layer)
+    # Plain (eager) calls: a predict() per layer would trace a new tf.function every time.
+    inputs = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(sub(images[i : i + batch_size], training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    pad_value = 0.0
+    if binarized:
+        if getattr(layer, "input_threshold", False):  # sign(x - t)
+            inputs = inputs - keras.ops.convert_to_numpy(layer.threshold)
+        inputs = numpy_sign(inputs).astype(np.float32)
+        pad_value = getattr(layer, "pad_values", 0.0)
+    rows = im2col(
+        inputs,
+        layer.kernel_size,
+        layer.strides,
+        padding=layer.padding,
+        pad_value=pad_value,
+    )
+    if len(rows) > max_rows:
+        keep = np.random.default_rng(seed).choice(len(rows), size=max_rows, replace=False)
+        rows = rows[np.sort(keep)]
+    return np.ascontiguousarray(rows, dtype=np.float32)
