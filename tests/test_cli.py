@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from bitat_keras.cli.main import main as cli
+from bitat_keras.cli import main as cli
 
 
 def test_demo_end_to_end_on_digits(tmp_path, capsys):

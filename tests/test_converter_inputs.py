@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bitat_keras import export as ex
-from bitat_keras.cli.main import main as cli
+from bitat_keras.cli import main as cli
 from bitat_keras.export import files
 from bitat_keras.nn.layers import BinaryConv2D
 

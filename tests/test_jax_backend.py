@@ -106,12 +106,12 @@ SCRIPT = textwrap.dedent(
                             stats_images=32, stats_rows=256, bn_recalibration_batches=2)
     # In progressive_fit the network's forward also reads the trainer's gates: a gate
     # switched between two re-estimations changes the statistics as in the eager definition.
-    from bitat_keras.fit.phase_runner import PhaseRunner
+    from bitat_keras.fit.phase_runner import PhaseRecord, PhaseRunner
     runner = PhaseRunner(fp, (x, y), config, None, [], 0)
     for on in (False, True):
         runner.trainer.set_binary(0, inputs=on, kernel=on)
         runner.bn_stale = True
-        runner.recalibrate({"seconds": {}}, 0)
+        runner.recalibrate(PhaseRecord("*", None, "final"), 0)
         got = [ops.convert_to_numpy(bn.moving_variance) for bn in runner.bns]
         batches = runner.data.batches(2, config.seed, runner.data.merge_for())
         for count, c in enumerate(batches, start=1):

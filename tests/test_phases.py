@@ -11,6 +11,7 @@ import bitat_keras as bk
 from bitat_keras.fit import phases
 from bitat_keras.method import transform
 from bitat_keras.method.block import BlockTransform
+from bitat_keras.method.config import check_phase_steps
 
 FAST = dict(
     epochs_per_layer=1,
@@ -287,9 +288,9 @@ def test_history_logs_the_penalty_to_task_gradient_ratio(digits):
 
 def test_too_few_steps_per_phase_warn_before_training_and_say_what_to_change():
     config = bk.BiTATConfig(epochs_per_layer=2, finetune_epochs=1, batch_size=800)
-    message = bk.config.check_phase_steps(config, steps_per_epoch=2, warn=False)
+    message = check_phase_steps(config, steps_per_epoch=2, warn=False)
     assert "4 optimizer steps" in message and f"epochs_per_layer >= {50}" in message
-    assert bk.config.check_phase_steps(config, steps_per_epoch=50, warn=False) is None
+    assert check_phase_steps(config, steps_per_epoch=50, warn=False) is None
     x = np.random.default_rng(0).random((64, 8, 8, 1), "float32")
     y = np.zeros(64, "int64")
     with pytest.warns(UserWarning, match="smaller batch_size"):

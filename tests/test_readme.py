@@ -34,7 +34,7 @@ def test_every_path_the_readme_names_exists():
     roots = ("docs/", "benchmarks/", "examples/", "tools/", "tests/", "bitat_keras/")
     ticked = [p for p in re.findall(r"`([\w./-]+)`", text) if p.startswith(roots)]
     scripts = re.findall(r"python ([\w./-]+\.py)", text)  # commands the README gives
-    modules = re.findall(r"`(\w+\.py)`", text)  # the paper table names package modules
+    modules = re.findall(r"`(\w+/\w+\.py)`", text)  # the paper table: floor/module.py
     assert links and scripts and modules
     ticked += scripts
     for path in links + ticked:

@@ -39,7 +39,8 @@ class PhaseRecord(collections.abc.Mapping):
 
     Read its fields as attributes or by name (``record["val_accuracy"]``); a field the
     phase did not measure is None and absent from the mapping (``"val_loss" in record`` is
-    False without validation data), so ``dict(record)`` is the record as JSON keeps it.
+    False without validation data), except layer, index and phase, which every record has;
+    ``dict(record)`` is the record as JSON keeps it.
 
     Attributes:
         layer: the layer being binarized, or ``"*"`` for a phase over all layers.
@@ -86,13 +87,15 @@ class PhaseRecord(collections.abc.Mapping):
     l1: float | None = None
 
     def __getitem__(self, key):
-        value = getattr(self, key) if key in _RECORD_FIELDS else None
-        if value is None:
+        if key not in self:
             raise KeyError(key)
-        return value
+        return getattr(self, key)
+
+    def __contains__(self, key):
+        return key in _RECORD_FIELDS and (key in _IDENTITY or getattr(self, key) is not None)
 
     def __iter__(self):
-        return (name for name in _RECORD_FIELDS if getattr(self, name) is not None)
+        return (name for name in _RECORD_FIELDS if name in self)
 
     def __len__(self):
         return sum(1 for _ in self)
@@ -109,6 +112,7 @@ class PhaseRecord(collections.abc.Mapping):
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(PhaseRecord))
+_IDENTITY = ("layer", "index", "phase")  # in every record's mapping, None or not
 
 
 @contextlib.contextmanager
