@@ -64,10 +64,12 @@ def test_naive_ste_on_a_relu_cnn_is_far_above_chance(digits):
         layers += [keras.layers.BatchNormalization(), keras.layers.ReLU()]
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
     fp = train_full_precision(keras.Sequential(layers), (x, y), 15, 64)
-    with warnings.catch_warnings():  # the plan's warnings: no shortcut, ReLU inputs
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:  # the plan: no shortcut, ReLU inputs
+        warnings.simplefilter("always")
         bnn, _ = baselines.naive_ste(fp, (x, y), epochs=10, batch_size=32, learning_rate=4e-3)
     assert accuracy(bnn, xt, yt) > FLOORS["relu_cnn"]
+    shortcut = [w for w in caught if "no shortcut" in str(w.message)]
+    assert len(shortcut) == 1 and shortcut[0].filename == __file__  # names the caller's line
 
 
 def test_naive_ste_distill_learns_from_the_teacher_not_the_labels(reactnet_fp, digits):

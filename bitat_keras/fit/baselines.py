@@ -17,6 +17,7 @@ from bitat_keras.fit.training import (
     linear_decay,
     task_loss,
 )
+from bitat_keras.graph.binarization_plan import plan
 from bitat_keras.graph.binarize import binarize
 from bitat_keras.graph.precision import float32_policy
 from bitat_keras.nn import quantizers
@@ -43,6 +44,14 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
             **data.fit_kwargs(order), epochs=epochs, verbose=verbose, callbacks=callbacks or []
         )
     recalibrate_batchnorm(model, data.batches(20, seed=0))
+
+
+def _planned_thresholds(fp_model, train_data):
+    """The plan of ``fp_model`` (refused as ``binarize`` refuses it; its warnings name the
+    line that called the baseline) and the layers it gives an input threshold."""
+    decided = plan(fp_model, train_data, warn=True, stacklevel=4)
+    decided.check()
+    return decided.thresholded
 
 
 def naive_ste(fp_model, train_data, *, epochs, learning_rate=8e-3, batch_size=256,
@@ -81,7 +90,7 @@ def naive_ste(fp_model, train_data, *, epochs, learning_rate=8e-3, batch_size=25
         if distill:
             teacher = keras.models.clone_model(fp_model)
             teacher.set_weights(fp_model.get_weights())
-        model = binarize(fp_model, train_data)
+        model = binarize(fp_model, train_data, thresholds=_planned_thresholds(fp_model, train_data))
         _train(model, data, epochs, learning_rate, None, teacher, verbose, callbacks)
     return compile_result(model), time.perf_counter() - start
 
@@ -125,7 +134,8 @@ def reactnet_two_step(fp_model, train_data, *, epochs, learning_rate=4e-3, batch
         fp_model = check_pretrained(fp_model, data, teacher=True)
         teacher = keras.models.clone_model(fp_model)
         teacher.set_weights(fp_model.get_weights())
-        model = binarize(fp_model, train_data, kernel_quantizer=None)
+        thresholds = _planned_thresholds(fp_model, train_data)
+        model = binarize(fp_model, train_data, kernel_quantizer=None, thresholds=thresholds)
         step1 = (epochs + 1) // 2
         _train(model, data, step1, learning_rate, weight_decay, teacher, verbose, callbacks)
         for layer in model.layers:
