@@ -120,6 +120,10 @@ def test_history_and_callbacks_cover_every_phase(fitted):
     assert {"statistics", "diagnostics", "batchnorm", "other"} <= set(named)
     assert sum(named.values()) == pytest.approx(result.seconds)
     assert 0 <= kinds["other"] < 0.5 * kinds["overhead"]
+    # Without validation data, thresholds or checkpoints nothing reads inference mode
+    # between the phases (the statistics run in training mode): BatchNorm is re-estimated
+    # once, for the returned model.
+    assert [h.bn_batches is not None for h in result.history] == [False] * 8 + [True]
     # Typed records that read as mappings too, and round-trip through JSON (checkpoints).
     first = result.history[0]
     assert isinstance(first, bk.PhaseRecord) and first.phase == first["phase"] == "quantize"

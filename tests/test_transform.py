@@ -64,6 +64,35 @@ def test_pca_init_equals_numpy_eigh_of_patch_covariance_on_a_conv_layer():
     assert distinct.sum() > 5
 
 
+def test_training_mode_statistics_use_each_batchs_own_batchnorm_statistics():
+    """``patch_rows(training=True)``: the layer's input as a training step computes it (the
+    BatchNorm below normalises with each batch's mean and variance, a numpy oracle here),
+    with the moving statistics left as they were."""
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="bn", momentum=0.5)(x)
+    out = keras.layers.Conv2D(4, 3, padding="same", name="top")(x)
+    model = keras.Model(inputs, out)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full(4, 3.0, dtype="float32"))  # far from any batch mean
+    images = np.random.default_rng(2).normal(size=(10, 6, 6, 2)).astype("float32")
+    layer = model.get_layer("top")
+    rows = patch_rows(model, layer, images, binarized=True, batch_size=4, training=True)
+    stem = ops.convert_to_numpy(keras.Model(inputs, model.get_layer("stem").output)(images))
+    gamma, beta = (ops.convert_to_numpy(w) for w in (bn.gamma, bn.beta))
+    batches = []
+    for i in range(0, 10, 4):  # batches of 4, 4, 2: each with its own statistics
+        z = stem[i : i + 4]
+        mean, var = z.mean(axis=(0, 1, 2)), z.var(axis=(0, 1, 2))
+        batches.append(gamma * (z - mean) / np.sqrt(var + bn.epsilon) + beta)
+    signed = np.where(np.concatenate(batches) >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(rows, loop_im2col(signed, 3, 1, 0.0))
+    np.testing.assert_array_equal(ops.convert_to_numpy(bn.moving_mean), np.full(4, 3.0))
+    assert bn.momentum == 0.5
+    inference = patch_rows(model, layer, images, binarized=True, batch_size=4)
+    assert not np.array_equal(inference, rows)  # the moving mean of 3 shifts every sign
+
+
 def dense_p(ids, k):
     """The oracle for P (Sec. 4.2): dense k x d, P[i, j] = 1/|group i| for j in group i."""
     p = np.zeros((k, len(ids)))

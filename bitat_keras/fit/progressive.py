@@ -127,10 +127,10 @@ class _Algorithm1(PhaseRunner):
             self.grouping[name] = (None, d)
             record.groups = d
             return
-        # the statistics run in inference mode; the BatchNorm samples are those of the
-        # re-estimation after the layer below (as a checkpoint's), so runs with and without
-        # checkpoints take the same statistics
-        self.recalibrate(record, index - 1 if index else None)
+        # the statistics run the layers below as a training step does (BatchNorm on batch
+        # statistics): what the layer sees while it trains, and no BatchNorm re-estimation
+        # (a pass over the data) is needed first; runs with and without checkpoints (whose
+        # re-estimated moving statistics these do not read) take the same statistics
         t = time.perf_counter()
         images = self.data.images(cfg.stats_images, cfg.seed + index)
         rows = patch_rows(
@@ -140,6 +140,7 @@ class _Algorithm1(PhaseRunner):
             max_rows=cfg.stats_rows,
             seed=cfg.seed + index,
             batch_size=cfg.batch_size,
+            training=True,
         )
         record.seconds["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
