@@ -19,10 +19,10 @@ Example:
 import collections.abc
 import math
 import os
-import warnings
 
 import numpy as np
 
+from bitat_keras import caller
 from bitat_keras.fit.progressive import BiTATResult
 
 _PHASE_MARKERS = {"quantize": "o", "finetune": "s", "activations": "^", "final": "D"}
@@ -736,10 +736,9 @@ def save_all(
         fig = quantization_ratio(result, fp_model, images)
         figures.append(("quantization_ratio.png", fig))
     else:
-        warnings.warn(
+        caller.warn(
             "save_all: quantization_ratio.png skipped; pass fp_model= and images= (or "
-            "errors=) to draw Fig. 8.",
-            stacklevel=2,
+            "errors=) to draw Fig. 8."
         )
     paths = []
     for filename, fig in figures:

@@ -293,7 +293,7 @@ def test_too_few_steps_per_phase_warn_before_training_and_say_what_to_change():
     assert check_phase_steps(config, steps_per_epoch=50, warn=False) is None
     x = np.random.default_rng(0).random((64, 8, 8, 1), "float32")
     y = np.zeros(64, "int64")
-    with pytest.warns(UserWarning, match="smaller batch_size"):
+    with pytest.warns(UserWarning, match="smaller batch_size") as caught:
         with pytest.raises(bk.NonFiniteLossError):  # stop right after the warning
             bk.progressive_fit(
                 tiny_model([(64, 1)]),
@@ -301,6 +301,8 @@ def test_too_few_steps_per_phase_warn_before_training_and_say_what_to_change():
                 config=bk.BiTATConfig(**{**FAST, "learning_rate": 1e30, "lam": 1e30}),
                 verbose=0,
             )
+    steps = [w for w in caught if "smaller batch_size" in str(w.message)]
+    assert [w.filename for w in steps] == [__file__]  # the line that called progressive_fit
 
 
 def test_paper_settings_stay_one_call_away():

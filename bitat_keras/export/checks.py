@@ -7,13 +7,13 @@ Every error names the file or the layer, what was received and what was expected
 
 import json
 import os
-import warnings
 import zipfile
 import zlib
 
 import keras
 import numpy as np
 
+from bitat_keras import caller
 from bitat_keras.graph.structure import check_model, walk_layers
 from bitat_keras.nn.layers import BinaryConv2D, is_binary_conv
 
@@ -340,7 +340,7 @@ def check_convertible(model, *, strict=True):
     if errors:
         raise ValueError(" ".join(errors))
     for message in warned:
-        warnings.warn(message, ConversionWarning, stacklevel=3)
+        caller.warn(message, ConversionWarning)
     findings = _untrained(model, binary) if binary else []
     if findings:
         message = (
@@ -348,6 +348,6 @@ def check_convertible(model, *, strict=True):
             "exactly, but the flatbuffer computes what the untrained network computes. "
             "Train it (bk.progressive_fit) or load its trained weights before converting."
         )
-        warnings.warn(message, UntrainedModelWarning, stacklevel=3)
+        caller.warn(message, UntrainedModelWarning)
         warned.append(message)
     return warned

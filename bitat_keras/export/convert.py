@@ -4,8 +4,8 @@ and Keras 3 model -> plain float or int8 TFLite for comparisons."""
 import inspect
 import re
 import tempfile
-import warnings
 
+from bitat_keras import caller
 from bitat_keras.export.checks import ConversionWarning, check_convertible
 from bitat_keras.export.flatbuffer import (
     BCONV_OP,
@@ -154,11 +154,10 @@ def _convert_via_saved_model(model, lce_kwargs):
                 errors.append(f"{label}: {type(error).__name__}: {error}".strip())
                 continue
         if errors:
-            warnings.warn(
+            caller.warn(
                 f"Keras' exporter route failed ({errors[0]}); converted through a traced "
                 "tf.function instead.",
                 ConversionWarning,
-                stacklevel=3,
             )
         return bytes(data)
     hint = ""
@@ -212,7 +211,7 @@ def _check_binary(model, data, strict):
             )
         else:
             message = f"Model {model.name!r} has {_NO_BINARY_MESSAGE}."
-        warnings.warn(message, ConversionWarning, stacklevel=3)
+        caller.warn(message, ConversionWarning)
         return
     found = inspect_tflite(data)["ops"].get(BCONV_OP, 0)
     if found >= len(expected):
@@ -234,7 +233,7 @@ def _check_binary(model, data, strict):
     )
     if strict:
         raise ValueError(message + " Pass strict=False to keep the partly float flatbuffer.")
-    warnings.warn(message, ConversionWarning, stacklevel=3)
+    caller.warn(message, ConversionWarning)
 
 
 # What the converter lowers to a custom op that no runtime registers, and the way out.
@@ -268,7 +267,7 @@ def check_runtime_ops(model, data, strict=True):
         raise ValueError(
             message + " Pass strict=False to keep it for a runtime that registers them."
         )
-    warnings.warn(message, ConversionWarning, stacklevel=3)
+    caller.warn(message, ConversionWarning)
 
 
 def convert_keras_model(model, *, strict=True, **lce_kwargs):

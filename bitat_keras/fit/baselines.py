@@ -49,7 +49,7 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
 def _planned_thresholds(fp_model, train_data):
     """The plan of ``fp_model`` (refused as ``binarize`` refuses it; its warnings name the
     line that called the baseline) and the layers it gives an input threshold."""
-    decided = plan(fp_model, train_data, warn=True, stacklevel=4)
+    decided = plan(fp_model, train_data, warn=True)
     decided.check()
     return decided.thresholded
 

@@ -13,7 +13,6 @@ import dataclasses
 import time
 
 import keras
-import numpy as np
 from keras import ops
 
 from bitat_keras.fit import phases, training
@@ -168,14 +167,12 @@ class PhaseRunner:
             self.data,
             teacher=config.distillation != "none",
             seed=config.seed,
-            stacklevel=4,  # the caller of progressive_fit
         )
         self.plan = plan(
             model,
             self.data.images(config.stats_images, config.seed),
             seed=config.seed,
             warn=True,
-            stacklevel=4,  # the caller of progressive_fit
         )
         if verbose:
             print(self.plan, flush=True)
@@ -388,17 +385,16 @@ class PhaseRunner:
 
     # -- checkpoint (de)serialization of the blocks ------------------------------------------
     def block_state(self):
-        """Every block's trainer variables (s, V, gates of its members, group ids) and the
-        closed blocks."""
+        """Every block's trainer variables (s, V, gates of its members, group ids: their
+        one copy in the checkpoint), each joined layer's slot count and the closed
+        blocks."""
         meta = {"transforms": [t.layers for t in self.transforms], "grouping": {}}
         arrays = {}
         for i, block in enumerate(self.trainer.blocks):
             for j, w in enumerate(block.weights):
                 arrays[f"b{i}_{j}"] = ops.convert_to_numpy(w)
-        for name, (ids, k) in self.grouping.items():
+        for name, (_, k) in self.grouping.items():
             meta["grouping"][name] = k
-            if ids is not None:
-                arrays[f"ids_{name}"] = np.asarray(ids)
         for i, t in enumerate(self.transforms):
             arrays.update(t.checkpoint_arrays(i))
         return meta, arrays
@@ -417,8 +413,11 @@ class PhaseRunner:
         for i, block in enumerate(self.trainer.blocks):
             for j, w in enumerate(block.weights):
                 w.assign(arrays[f"b{i}_{j}"])
-        for name, k in meta["grouping"].items():
-            self.grouping[name] = (arrays.get(f"ids_{name}"), k)
+        for name, k in meta["grouping"].items():  # the group ids from the block's variables
+            block = self.trainer.blocks[self.block_index[name]]
+            ids = block.ids[block.names.index(name)]
+            grouped = ids is not None and k != self.dims[name]
+            self.grouping[name] = (ops.convert_to_numpy(ids) if grouped else None, k)
         self.transforms = [
             TrainedBlock.from_checkpoint(layers, self.grouping, self.dims, arrays, i)
             for i, layers in enumerate(meta["transforms"])

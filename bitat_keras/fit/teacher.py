@@ -8,11 +8,10 @@ images with batch statistics (training mode). Such statistics are re-estimated o
 (with a warning). A teacher still near chance after that would teach noise: the methods
 that distil from it stop with an error."""
 
-import warnings
-
 import keras
 import numpy as np
 
+from bitat_keras import caller
 from bitat_keras.fit.batchnorm import recalibrate_batchnorm
 from bitat_keras.graph.structure import flatten_model
 
@@ -45,7 +44,7 @@ def accuracies(model, x, y, batch_size=64):
     )
 
 
-def check_pretrained(model, data, *, teacher, seed=0, stacklevel=3):
+def check_pretrained(model, data, *, teacher, seed=0):
     """The model to binarize (and distil from): ``model``, or a copy of it with its
     BatchNorm statistics re-estimated when they are stale.
 
@@ -56,8 +55,6 @@ def check_pretrained(model, data, *, teacher, seed=0, stacklevel=3):
             in inference mode while it scores above chance with batch statistics (the
             labels are learnable) is an error.
         seed: seeds the sample.
-        stacklevel: as in ``warnings.warn``: the frame the warning names (the caller of
-            the method that calls this).
 
     Returns:
         ``model``, or a flat copy with re-estimated BatchNorm statistics.
@@ -82,7 +79,7 @@ def check_pretrained(model, data, *, teacher, seed=0, stacklevel=3):
         recalibrate_batchnorm(flat, data.batches(BATCHES, seed))
         repaired, _ = accuracies(flat, x, y)
         if not near_chance(repaired, chance):
-            warnings.warn(
+            caller.warn(
                 f"The pre-trained model {model.name!r} scores {inference:.1%} in inference "
                 f"mode on {len(y)} training images (chance {chance:.1%}) but {batch:.1%} "
                 "with batch statistics: its BatchNorm moving statistics are stale (a short "
@@ -91,7 +88,6 @@ def check_pretrained(model, data, *, teacher, seed=0, stacklevel=3):
                 "passed is unchanged. To keep this from recurring, re-estimate them after "
                 "training (bk.training.recalibrate_batchnorm) or train with a lower "
                 "BatchNormalization momentum.",
-                stacklevel=stacklevel,
             )
             return flat
         inference = repaired

@@ -10,10 +10,10 @@ one-signed (after a ReLU, ``sign`` maps every value to +1).
 import dataclasses
 import importlib.metadata
 import re
-import warnings
 
 import keras
 
+from bitat_keras import caller
 from bitat_keras.fit.data import sample_images
 from bitat_keras.graph.precision import mixed_precision_of
 from bitat_keras.graph.structure import (
@@ -163,7 +163,7 @@ def _names(names, limit=4):
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=False, stacklevel=2):
+def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=False):
     """Decide, before any work, what ``binarize`` / ``progressive_fit`` do to ``model``.
 
     Args:
@@ -176,8 +176,8 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
         images: how many images to draw from ``data``.
         seed: seeds the draw.
         input_quantized: False when the inputs stay real (no thresholds are needed).
-        warn: also issue each warning with ``warnings.warn``.
-        stacklevel: ``warnings.warn``'s stacklevel (for callers that wrap ``plan``).
+        warn: also issue each warning (``warnings.warn``, naming the first line outside
+            ``bitat_keras`` that led here).
 
     Returns:
         A ``BinarizationPlan``; ``print(plan)`` shows the table.
@@ -223,7 +223,7 @@ def plan(model, data=None, *, images=256, seed=0, input_quantized=True, warn=Fal
     _advise(result, model)
     if warn:
         for message in result.warnings:
-            warnings.warn(message, stacklevel=stacklevel)
+            caller.warn(message)
     return result
 
 

@@ -56,9 +56,7 @@ def binarize(
             "Input) before binarizing."
         )
     if thresholds == "auto":  # the plan of the user's model: it names nested sub-models
-        decided = plan(
-            model, data, input_quantized=input_quantizer is not None, warn=True, stacklevel=3
-        )
+        decided = plan(model, data, input_quantized=input_quantizer is not None, warn=True)
         decided.check()
         thresholds = decided.thresholded
     model = flatten_model(model)  # nested sub-models: one flat network

@@ -2,8 +2,8 @@
 
 import dataclasses
 import json
-import warnings
 
+from bitat_keras import caller
 from bitat_keras.method.block import PENALTY_NORMALIZATIONS
 from bitat_keras.method.transform import TRANSFORMS
 from bitat_keras.nn import quantizers
@@ -286,5 +286,5 @@ def check_phase_steps(config, steps_per_epoch, warn=True):
         "smaller batch_size (more steps per epoch)."
     )
     if warn:
-        warnings.warn(message, UserWarning, stacklevel=4)  # the caller of progressive_fit
+        caller.warn(message)
     return message
