@@ -15,22 +15,19 @@ The two paths' moving statistics are compared after the last call. Writes
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 
+import figures  # beside this file: on sys.path when run as a script
+import harness
 import keras
 import numpy as np
+import render
 
 import bitat_keras as bk
 from bitat_keras.fit import backend, training
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import harness  # noqa: E402  (beside this script)
-import render  # noqa: E402
 
 BATCHES = render.BATCHNORM_BATCHES  # batches per call (the report says how many)
 
@@ -42,18 +39,8 @@ def networks(mini):
             (28, 28, 1), num_classes=10, width_multiplier=0.25, blocks=[(32, 1)]
         )
         return [("mini", model, 16)]
-    out = []
-    for preset in ("cpu", "full"):
-        s = harness.PRESETS[preset]
-        model = bk.models.reactnet_mobilenet(
-            (28, 28, 1),
-            num_classes=10,
-            width_multiplier=s["width"],
-            blocks=s["blocks"],
-            stem_strides=s["stem_strides"],
-        )
-        out.append((preset, model, s["batch"]))
-    return out
+    presets = {name: harness.PRESETS[name] for name in ("cpu", "full")}
+    return [(n, harness.network(s, (28, 28, 1), 10), s["batch"]) for n, s in presets.items()]
 
 
 def moving_statistics(model):
@@ -107,35 +94,12 @@ def measure(name, model, batch, calls, seed):
     return row
 
 
-def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
-    for ax, r in zip(axes[0], rows, strict=True):
-        for path_name, marker in (("eager", "o"), ("jit", "s")):
-            seconds = r[path_name]["seconds"]
-            ax.plot(range(1, len(seconds) + 1), seconds, marker=marker, label=path_name)
-        ax.set_ylim(bottom=0)
-        ax.set_xticks(range(1, len(seconds) + 1))  # whole calls
-        ax.set_xlabel("call")
-        ax.set_ylabel("seconds per re-estimation")
-        ax.set_title(f"{r['network']} network, batch {r['batch']}")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mini", action="store_true", help="one small network: seconds")
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     if keras.backend.backend() != "jax":
         parser.error(f"run with KERAS_BACKEND=jax (this process has {keras.backend.backend()!r})")
@@ -157,12 +121,9 @@ def main(argv=None):
         "calls": args.calls,
         "rows": rows,
     }
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "batchnorm_time" + ("_mini" if args.mini else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    render.write_markdown(stem + ".json")
-    plot(report, stem + ".png")
+    render.write_report(report, stem)
+    figures.batchnorm_time(report, stem + ".png")
     return 0
 
 

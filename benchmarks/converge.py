@@ -20,10 +20,8 @@ import sys
 
 import keras
 import render
-from harness import HERE, PRESETS, Bench, log
+from harness import BASELINES, PRESETS, Bench, earlier_report, log
 from render import converged
-
-from bitat_keras.fit import baselines
 
 
 def run(preset, out_dir, epoch_counts, seed=0, method="reactnet", learning_rate=None):
@@ -38,8 +36,7 @@ def run(preset, out_dir, epoch_counts, seed=0, method="reactnet", learning_rate=
             log(f"{method} {epochs} epochs: measured before, kept")
             continue
         keras.utils.set_random_seed(seed)
-        train = baselines.reactnet_two_step if method == "reactnet" else baselines.naive_ste
-        bnn, seconds = train(
+        bnn, seconds = BASELINES[method](
             fp,
             bench.binarization_data(seed),
             epochs=epochs,
@@ -65,19 +62,14 @@ def previous_points(out_dir, preset, method, seed, settings, record):
     teacher and learning rate (a run may add epoch counts to them), else none; and the
     points measured with the same method, seed and teacher at other learning rates
     (``[{"learning_rate", "points"}]``, kept in the report)."""
-    path = os.path.join(out_dir, f"converge_{preset}.json")
-    if not os.path.exists(path):
+    teacher = json.loads(json.dumps({k: v for k, v in record.items() if k != "key"}))
+    old = earlier_report(
+        os.path.join(out_dir, f"converge_{preset}.json"),
+        lambda r: (r["method"], r["seed"], r["teacher"]) == (method, seed, teacher),
+    )
+    if old is None:
         return [], []
-    with open(path) as f:
-        old = json.load(f)
-    teacher = {k: v for k, v in record.items() if k != "key"}
     lr = settings["baseline_lr"][method]
-    if (old["method"], old["seed"], old["teacher"]) != (
-        method,
-        seed,
-        json.loads(json.dumps(teacher)),
-    ):
-        return [], []
     runs = [
         *old.get("earlier", []),
         {"learning_rate": old["learning_rate"], "points": old["points"]},
@@ -102,18 +94,14 @@ def write(preset, out_dir, method, seed, record, settings, points, earlier=()):
         "converged_epochs": converged(points),
         "earlier": list(earlier),
     }
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"converge_{preset}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    render.write_markdown(base + ".json")
+    render.write_report(report, os.path.join(out_dir, f"converge_{preset}"))
     return report
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="lowdata")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     parser.add_argument("--epochs", default="40,80,160,320", help="comma list")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("reactnet", "naive_ste"), default="reactnet")

@@ -14,13 +14,12 @@ The epochs of every method are BiTAT's default schedule on the network (L layers
 """
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 import warnings
 
+import figures
 import harness  # beside this file: on sys.path when run as a script
 import keras
 import numpy as np
@@ -31,31 +30,16 @@ import bitat_keras as bk
 from bitat_keras import datasets
 from bitat_keras.fit import backend, training
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-
-# The networks: `cpu` is the CPU benchmark's 8-binary-conv network (harness.PRESETS["cpu"]),
-# `full` the 13-block anchor network, `mini` a seconds-scale smoke test for the test suite.
+# The networks of the presets of the same name (`cpu`: the CPU benchmark's 8 binary convs;
+# `full`: the 13-block anchor network, here in batches of 128; `mini`: a seconds-scale smoke
+# test for the test suite); the baselines at the `cpu` preset's learning rates, BiTAT at its
+# library defaults.
 NETWORKS = {
-    "cpu": dict(
-        dataset="fashion_mnist",
-        blocks=harness.DEMO_BLOCKS,
-        stem_strides=2,
-        width=1.0,
-        batch=128,
-    ),
-    "full": dict(
-        dataset="fashion_mnist",
-        blocks=harness.ANCHOR_BLOCKS,
-        stem_strides=1,
-        width=1.0,
-        batch=128,
-    ),
-    "mini": dict(dataset="digits", blocks=((64, 1),), stem_strides=1, width=0.25, batch=32),
+    "cpu": harness.PRESETS["cpu"],
+    "full": {**harness.PRESETS["full"], "batch": 128},
+    "mini": harness.PRESETS["mini"],
 }
-# Learning rates: the baselines' best on the `cpu` preset's validation split
-# (results/sweep_cpu.md); BiTAT's library default.
-BASELINE_LR = dict(naive_ste=16e-3, reactnet=4e-3)
+BASELINE_LR = harness.PRESETS["cpu"]["baseline_lr"]
 FP_LR = 2e-3
 METHODS = ("naive_ste", "reactnet", "bitat", "bitat_distill")
 STEP_KINDS = {"naive_ste": ("naive_ste",), "reactnet": ("reactnet_step1", "reactnet_step2")}
@@ -106,17 +90,6 @@ class StepTimer(keras.callbacks.Callback):
         which traces, left out)."""
         seconds = self.fits[fit][1:] or self.fits[fit]
         return 1000.0 * float(np.median(seconds))
-
-
-def network(name, shape, classes):
-    settings = NETWORKS[name]
-    return bk.models.reactnet_mobilenet(
-        shape,
-        num_classes=classes,
-        width_multiplier=settings["width"],
-        blocks=settings["blocks"],
-        stem_strides=settings["stem_strides"],
-    )
 
 
 def train_fp(model, data, epochs, batch):
@@ -227,39 +200,6 @@ def targets(rows):
     return out
 
 
-def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(rows)
-    train, other = [], []
-    for method in names:
-        row = rows[method]
-        outside = row.get("seconds_by_kind", {}).get("overhead", 0.0)
-        train.append(row["seconds"] - outside)
-        other.append(outside)
-    left.bar(names, train, label="optimizer steps (the baselines' tracing included)")
-    left.bar(names, other, bottom=train, label="BiTAT: tracing and work between steps")
-    left.set_ylabel("seconds")
-    left.set_title(f"{report['epochs']} epochs each")
-    left.legend(fontsize=7, loc="lower left")
-    kinds = [(m, k, v) for m in names for k, v in rows[m]["step_ms"].items()]
-    labels = [f"{m}\n{k}" if m.startswith("bitat") else k for m, k, _ in kinds]
-    right.barh(range(len(kinds)), [v for _, _, v in kinds], tick_label=labels)
-    right.axvline(report["fp"]["step_ms"], color="k", ls="--", lw=1, label="full precision")
-    right.set_xlabel("ms per optimizer step")
-    right.tick_params(axis="y", labelsize=6)
-    right.legend(fontsize=7)
-    fig.suptitle(f"Cost: {report['network']} network, {report['backend']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def code_version():
     """The repository's commit (``git describe --always --dirty``), or "unknown"."""
     import subprocess
@@ -267,7 +207,7 @@ def code_version():
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty"],
-            cwd=HERE,
+            cwd=render.HERE,
             capture_output=True,
             text=True,
             timeout=10,
@@ -285,7 +225,7 @@ def main(argv=None):
     parser.add_argument("--fp-epochs", type=int, default=10)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     settings = NETWORKS[args.network]
@@ -294,7 +234,7 @@ def main(argv=None):
     shape, classes = train[0].shape[1:], datasets.num_classes(settings["dataset"])
     batch = settings["batch"]
     keras.utils.set_random_seed(args.seed)
-    fp = network(args.network, shape, classes)
+    fp = harness.network(settings, shape, classes)
     fp_ms = train_fp(fp, train, args.fp_epochs, batch)
     layers = len(bk.models.eligible_layers(fp))
     defaults = bk.BiTATConfig()
@@ -302,7 +242,7 @@ def main(argv=None):
     report = {
         "command": " ".join(["python", "benchmarks/cost.py", *(argv or sys.argv[1:])]),
         "code": code_version(),
-        "machine": f"{platform.release()}, {os.cpu_count()} CPUs",
+        "machine": harness.host(),
         "versions": f"keras {keras.__version__}, {keras.backend.backend()}",
         "backend": keras.backend.backend(),
         "network": args.network,
@@ -314,8 +254,7 @@ def main(argv=None):
         "fp": {"accuracy": training.accuracy(fp, *test), "step_ms": fp_ms},
         "rows": {},
     }
-    name = f"cost_{args.network}_{report['backend']}"
-    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"cost_{args.network}_{report['backend']}")
     for method in args.methods.split(","):
         print(f"[cost] {method}: {epochs} epochs", flush=True)
         model, row = run_method(method, fp, train, epochs, batch, args.seed)
@@ -323,10 +262,9 @@ def main(argv=None):
         report["rows"][method] = row
         print(f"[cost] {method}: {row['seconds']:.1f} s, {100 * row['accuracy']:.2f} %", flush=True)
         report["targets"] = targets(report["rows"])
-        with open(os.path.join(args.out, name + ".json"), "w") as f:
-            json.dump(report, f, indent=1)
-    print(render.write_markdown(os.path.join(args.out, name + ".json")))
-    plot(report, os.path.join(args.out, name + ".png"))
+        text = render.write_report(report, base)
+    print(text)
+    figures.cost(report, base + ".png")
 
 
 if __name__ == "__main__":

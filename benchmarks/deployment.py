@@ -46,11 +46,7 @@ def run(preset, out_dir, runs=None):
         },
         "total_seconds": time.perf_counter() - started,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, f"deployment_{preset}")
-    with open(base + ".json", "w") as fh:
-        json.dump(report, fh, indent=1, default=float)
-    render.write_markdown(base + ".json")
+    render.write_report(report, os.path.join(out_dir, f"deployment_{preset}"))
     return report
 
 
@@ -58,7 +54,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(harness.PRESETS), default="full")
     parser.add_argument("--runs", type=int, default=None, help="latency runs per setting")
-    parser.add_argument("--out", default=os.path.join(harness.HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     report = run(args.preset, args.out, args.runs)
     print(json.dumps(report["goals"]))

@@ -1,8 +1,8 @@
-"""What every benchmark script shares: the presets (data, network, budgets), the ``Bench``
-runner (data splits, the network, BiTAT rows scaled to a budget), and the deployment
-measurements (sizes, ops, parity, latency). Imported as a module by ``paper_table.py``,
-``sweep.py`` and ``deployment.py`` (pytest puts ``benchmarks/`` on the path; a script run
-from ``benchmarks/`` finds it beside itself)."""
+"""What every benchmark script shares: the settings (``presets.json``: the presets' data,
+network and budgets, and the other scripts' grids and sizes), the ``Bench`` runner (data
+splits, the network, BiTAT rows scaled to a budget), and the deployment measurements
+(sizes, ops, parity, latency). Imported as a module by the scripts beside it (pytest puts
+``benchmarks/`` on the path; a script run from ``benchmarks/`` finds it beside itself)."""
 
 import json
 import os
@@ -19,156 +19,20 @@ from bitat_keras.fit import baselines, training
 from bitat_keras.inspect import analysis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ANCHOR_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1))
+# Every benchmark's settings, as data: the presets, sweep.py's rows, memory.py's sizes and
+# latency.py's networks. Blocks "demo" are the demo's network (bitat_keras.cli.demo); why
+# each value was chosen: README.md here and the reports in results/.
+with open(os.path.join(HERE, "presets.json")) as f:
+    SETTINGS = json.load(f)
+for spec in [*SETTINGS["presets"].values(), *SETTINGS["latency"]["networks"].values()]:
+    if spec.get("blocks") == "demo":
+        spec["blocks"] = DEMO_BLOCKS
+PRESETS = SETTINGS["presets"]
 # The baselines every benchmark runs, by row name.
 BASELINES = {
     "naive_ste": baselines.naive_ste,
     "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
     "reactnet": baselines.reactnet_two_step,
-}
-PRESETS = {
-    # The CPU headline: 20,000 training images (5,000 more held out for validation), the
-    # full test set, 8 binary layers; chosen so that FP reaches 88 % and each BiTAT layer
-    # gets at least 300 quantize steps at 1x.
-    "cpu": dict(
-        dataset="fashion_mnist",
-        train=25000,
-        val=5000,
-        test=None,
-        width=1.0,
-        blocks=DEMO_BLOCKS,
-        stem_strides=2,
-        batch=128,
-        fp_epochs=15,
-        # ReActNet's converged epoch count (1x): on the validation split 2x gains less than
-        # 0.3 points over it (results/sweep_cpu*.md).
-        epochs=48,
-        lr=1e-3,  # the full-precision teacher
-        # Learning rates of the baselines, the best on the validation split (naive STE: of
-        # 1e-3 ... 32e-3; ReActNet: of 1e-3 ... 8e-3). Rows run before naive STE's 16e-3 was
-        # found used 8e-3 (each row records its learning rate).
-        baseline_lr=dict(naive_ste=16e-3, reactnet=4e-3),
-        groups=64,
-        seeds=3,
-        budgets=(1, 2, 4),
-        extra_seeds=1,  # ablations, 4x and the paper row
-        latency_runs=200,
-    ),
-    # The anchor setting: full Fashion-MNIST, the 1.07 M-param network, 13 binary layers.
-    "full": dict(
-        dataset="fashion_mnist",
-        train=None,
-        val=5000,
-        test=None,
-        width=1.0,
-        blocks=ANCHOR_BLOCKS,
-        stem_strides=1,
-        batch=256,
-        fp_epochs=15,
-        epochs=15,
-        lr=1e-3,  # the full-precision teacher
-        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
-        groups=256,
-        seeds=3,
-        budgets=(1, 2, 4),
-        extra_seeds=1,
-        latency_runs=200,
-    ),
-    # Seconds-scale smoke test (used by the test suite so the script cannot rot).
-    "mini": dict(
-        dataset="digits",
-        train=288,
-        val=64,
-        test=96,
-        width=0.25,
-        blocks=((64, 1),),
-        stem_strides=1,
-        batch=32,
-        fp_epochs=3,
-        epochs=3,
-        lr=1e-3,  # the full-precision teacher
-        baseline_lr=dict(naive_ste=2e-3, reactnet=2e-3),  # validation sweep: 2e-3 > 1e-3
-        groups=8,
-        seeds=1,
-        budgets=(1, 2),
-        extra_seeds=1,
-        latency_runs=5,
-    ),
-}
-
-
-# The premise presets. `cpu_strong`: the `cpu` data and network with a strong teacher (the FP
-# model trained as a model worth binarizing: augmentation, weight decay, cosine decay,
-# epochs chosen on the validation split); the binary rows train on the same augmented
-# batches. `lowdata`: little labelled data: the teacher trained on every training image but
-# the validation split; every binary row sees only `subset` labelled images (BiTAT once
-# more at `subset_extra`, in the steps of its 1x row); budgets are multiples of ReActNet's
-# converged time on the subset.
-PRESETS["cpu_strong"] = {
-    **{k: v for k, v in PRESETS["cpu"].items() if k not in ("fp_epochs", "lr")},
-    # The teacher's epochs on the validation split (seed 0): 30 epochs 92.06 %, 60 epochs
-    # 93.02 % (cpu's 15-epoch plain recipe: 89.3 %). 120 epochs was not tried (about 50 min).
-    "teacher": dict(epochs=60, lr=2e-3, weight_decay=0.05),
-    "augment": dict(shift=2, flip=True),
-    "goal": dict(over_baseline=0.005, within_fp=0.01),
-    # Validation at 1x (results/sweep_cpu_strong.md): naive STE 8e-3 of 4e-3 ... 32e-3,
-    # ReActNet 4e-3 of 2e-3 ... 8e-3, naive STE distilled 8e-3 of 4e-3 ... 16e-3.
-    "baseline_lr": dict(naive_ste=8e-3, naive_ste_distill=8e-3, reactnet=4e-3),
-    "budgets": (0.25, 0.5, 1, 2),
-    # BiTAT's settings here, the best measured on this preset's validation split at 1x
-    # (results/sweep_cpu_strong.md): lowdata's choice at lr 8e-3, 91.80 % (4e-3: 91.42 %,
-    # 16e-3: 91.56 %; the library defaults: 90.64 %).
-    "bitat_overrides": dict(
-        distillation="all",
-        learning_rate=8e-3,
-        finetune_learning_rate=8e-3,
-        epochs_per_layer=1,
-        final_epochs=16,
-    ),
-}
-PRESETS["lowdata"] = {
-    **PRESETS["cpu_strong"],
-    "train": None,
-    "teacher": dict(epochs=30, lr=2e-3, weight_decay=0.05),
-    "subset": 2000,
-    "subset_extra": 10000,
-    "goal": dict(over_baseline=0.02, within_fp=0.03),
-    # Learning rates, the best on this preset's validation split (results/sweep_lowdata.md,
-    # results/converge_lowdata.md). ReActNet: 4e-3 of 2e-3 ... 8e-3 at 320 epochs (8e-3 led
-    # at 160 epochs, so the rate is chosen at the 1x budget, not at 0.5x); naive STE
-    # distilled: 4e-3 of 2e-3 ... 32e-3 at 160 epochs; naive STE: 4e-3 of 2e-3 ... 32e-3 at
-    # 160 epochs (0.9 points over cpu's 16e-3).
-    "baseline_lr": dict(naive_ste=4e-3, naive_ste_distill=4e-3, reactnet=4e-3),
-    # ReActNet on the subset at 4e-3 (validation): 86.1 % at 40 epochs, 87.6 at 80, 89.2 at
-    # 160, 90.1 at 320, 90.6 at 640, 90.8 at 1280: the first doubling that gains less than
-    # 0.3 points starts at 640, ReActNet's converged count and the 1x.
-    "epochs": 640,
-    # BiTAT's settings, this preset's best on its validation split at 320 epochs
-    # (results/sweep_lowdata.md): the teacher's distribution in every phase (+1.8 points
-    # over the task loss) and two thirds of the epochs in the joint phase (+1.3), at lr
-    # 4e-3. The main BiTAT rows and their ablations use them unless `paper_table.py
-    # --bitat` says otherwise.
-    "bitat_overrides": {
-        **PRESETS["cpu_strong"]["bitat_overrides"],
-        "learning_rate": 4e-3,
-        "finetune_learning_rate": 4e-3,
-    },
-}
-# The miniature forms of the two presets above, for the test suite.
-PRESETS["cpu_strong_mini"] = {
-    **PRESETS["mini"],
-    "teacher": dict(epochs=3, lr=2e-3, weight_decay=0.05),
-    "augment": dict(shift=1, flip=False),
-    "goal": dict(over_baseline=0.005, within_fp=0.01),
-    "budgets": (0.5, 1),
-    "baseline_lr": dict(naive_ste=2e-3, naive_ste_distill=2e-3, reactnet=2e-3),
-}
-PRESETS["lowdata_mini"] = {
-    **PRESETS["cpu_strong_mini"],
-    "subset": 96,
-    "subset_extra": 160,
-    "epochs": 4,
-    "bitat_overrides": dict(distillation="all", final_epochs=16),
 }
 
 
@@ -188,6 +52,30 @@ def same_settings(settings, report, ignore):
     mine = {k: v for k, v in settings.items() if k not in ignore}
     theirs = {k: v for k, v in report.get("settings", {}).items() if k not in ignore}
     return json.loads(json.dumps(mine)) == theirs
+
+
+def earlier_report(path, same=lambda report: True):
+    """The JSON report at ``path`` when it exists and ``same(report)`` (made with this
+    run's settings), else None: what a run merges its new rows into."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        report = json.load(f)
+    if same(report):
+        return report
+    log(f"{path} was made with other settings: starting a new report")
+    return None
+
+
+def network(settings, shape, classes):
+    """The ReActNet-style network of ``settings`` (a preset's width, blocks and stem)."""
+    return bk.models.reactnet_mobilenet(
+        shape,
+        num_classes=classes,
+        width_multiplier=settings["width"],
+        blocks=settings["blocks"],
+        stem_strides=settings["stem_strides"],
+    )
 
 
 def balanced_subset(y, size, seed):
@@ -251,20 +139,13 @@ class Bench:
         self.shape = x.shape[1:]
         self.classes = datasets.num_classes(settings["dataset"])
         self.rows = {}
-        self.curves = {"naive_ste": [], "naive_ste_distill": [], "reactnet": [], "bitat": []}
+        self.curves = {name: [] for name in (*BASELINES, "bitat")}
         self.deploy = None
         self.seconds = 0.0  # wall time of this invocation (run() updates it)
         self.on_row = None  # called after every row (run() saves the report then)
 
     def model(self):
-        settings = self.settings
-        return bk.models.reactnet_mobilenet(
-            self.shape,
-            num_classes=self.classes,
-            width_multiplier=settings["width"],
-            blocks=settings["blocks"],
-            stem_strides=settings["stem_strides"],
-        )
+        return network(self.settings, self.shape, self.classes)
 
     def binarization_data(self, seed, size=None):
         """What the binary rows train on: the training images, or a class-balanced subset

@@ -25,35 +25,15 @@ import platform
 import sys
 import time
 
+import harness  # beside this file: on sys.path when run as a script
 import keras
 import numpy as np
-import render  # beside this file: on sys.path when run as a script
+import render
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-# name -> reactnet_mobilenet arguments (blocks None: MobileNetV1's 13 blocks).
-NETWORKS = {
-    "demo_28x28": dict(
-        input_shape=(28, 28, 1),
-        num_classes=10,
-        blocks=((64, 1), (128, 2), (128, 1)),
-        stem_strides=2,
-    ),
-    "reactnet_a_32x32": dict(input_shape=(32, 32, 3), num_classes=100, blocks=None),
-    "reactnet_a_224x224": dict(input_shape=(224, 224, 3), num_classes=1000, blocks=None),
-}
-
-# Interpreter options tried for each kind of model; the fastest is compared.
-OPTIONS = {
-    "lce": {
-        "default": {},
-        "indirect_bgemm": {"use_indirect_bgemm": True},
-        "xnnpack": {"use_xnnpack": True},
-        "indirect_bgemm+xnnpack": {"use_indirect_bgemm": True, "use_xnnpack": True},
-    },
-    "float": {"default": {}, "xnnpack": {"use_xnnpack": True}},
-    "int8": {"default": {}, "xnnpack": {"use_xnnpack": True}},
-}
+# name -> reactnet_mobilenet arguments; interpreter options tried for each kind of model,
+# the fastest compared (presets.json).
+NETWORKS = harness.SETTINGS["latency"]["networks"]
+OPTIONS = harness.SETTINGS["latency"]["options"]
 
 
 def untie(model, seed):
@@ -197,11 +177,7 @@ def run(networks, runs, out_dir):
     if big is not None:
         report["goals"]["lce_at_most_0.5x_float_1t_at_224x224"] = big["lce_over_float_1t"] <= 0.5
     report["total_seconds"] = time.perf_counter() - start
-    os.makedirs(out_dir, exist_ok=True)
-    base = os.path.join(out_dir, "latency")
-    with open(base + ".json", "w") as fh:
-        json.dump(report, fh, indent=1)
-    render.write_markdown(base + ".json")
+    render.write_report(report, os.path.join(out_dir, "latency"))
     return report
 
 
@@ -211,7 +187,7 @@ def main(argv=None):
         "--networks", default=",".join(NETWORKS), help=f"comma list of {sorted(NETWORKS)}"
     )
     parser.add_argument("--runs", type=int, default=200, help="timed runs per setting")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     names = [n for n in args.networks.split(",") if n]
     unknown = sorted(set(names) - set(NETWORKS))

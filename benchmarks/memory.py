@@ -27,51 +27,17 @@ import threading
 import time
 import warnings
 
+import figures  # beside this file: on sys.path when run as a script
+import harness
 import keras
 import numpy as np
-import render  # beside this file: on sys.path when run as a script
+import render
 
 import bitat_keras as bk
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-# (samples, validation samples, width multiplier, blocks (None: MobileNetV1's 13), config)
-SIZES = {
-    "full": dict(
-        samples=512,
-        val=128,
-        width=0.25,
-        blocks=None,
-        config=dict(
-            epochs_per_layer=1,
-            finetune_epochs=1,
-            final_epochs=1,
-            batch_size=32,
-            groups=16,
-            stats_images=64,
-            stats_rows=1024,
-            kmeans_max_iter=20,
-            bn_recalibration_batches=4,
-        ),
-    ),
-    "mini": dict(
-        samples=64,
-        val=32,
-        width=0.25,
-        blocks=((64, 1), (128, 2), (128, 1)),
-        config=dict(
-            epochs_per_layer=0.5,
-            finetune_epochs=0.5,
-            final_epochs=0.5,
-            batch_size=16,
-            groups=8,
-            stats_images=16,
-            stats_rows=256,
-            kmeans_max_iter=10,
-            bn_recalibration_batches=2,
-        ),
-    ),
-}
+# samples, validation samples, width multiplier, blocks (None: MobileNetV1's 13) and the
+# BiTATConfig fields of each size (presets.json)
+SIZES = harness.SETTINGS["memory"]
 
 
 def _status_kb(field):
@@ -249,47 +215,17 @@ def run(size, out_dir, seed=0):
         },
     }
     report["growth"]["holds"] = report["growth"]["peak"] < 0.10
-    os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, "memory" if size == "full" else f"memory_{size}")
-    with open(base + ".json", "w") as fh:
-        json.dump(report, fh, indent=1)
-    render.write_markdown(base + ".json")
-    plot(report, base + ".png")
+    render.write_report(report, base)
+    figures.memory(report, base + ".png")
     return report
-
-
-def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = report["phases"]
-    index = [p["phase_index"] for p in phases]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(index, [p["peak_mb"] for p in phases], marker=".", label="peak during the phase")
-    ax.plot(index, [p["rss_end_mb"] for p in phases], marker=".", label="RSS at its end")
-    g = report["growth"]
-    for name in (g["second_layer"], g["last_layer"]):
-        first = next(p["phase_index"] for p in phases if p["layer"] == name)
-        ax.axvline(first, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("phase (quantize and fine-tune of each layer, then the final phase)")
-    ax.set_ylabel("resident memory (MB)")
-    ax.set_title(
-        f"progressive_fit, {report['settings']['binarized_layers']} layers: peak "
-        f"{100 * g['peak']:+.1f} % from layer 2 to the last"
-    )
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mini", action="store_true", help="3 blocks, 8 layers: seconds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     report = run("mini" if args.mini else "full", args.out, args.seed)
     print(json.dumps(report["growth"]))

@@ -15,21 +15,21 @@ Run one model at a time (results merge into ``results/own_models.json``)::
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 
+import figures  # beside this file: on sys.path when run as a script
+import harness
 import keras
 import numpy as np
-import render  # beside this file: on sys.path when run as a script
+import render
 
 import bitat_keras as bk
 from bitat_keras import datasets
 from bitat_keras.fit import baselines, training
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = render.RESULTS
 # 20,000 training images, the next 5,000 held out for validation; the teacher's recipe;
 # naive STE at BiTAT's default learning rate, not tuned here (render.py's report says so).
 SETUP = render.OWN_MODELS
@@ -121,51 +121,12 @@ def run(name, seed):
     }
 
 
-def load():
-    path = os.path.join(RESULTS, "own_models.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {"runs": {}}
-
-
-def markdown(results):
-    """The report's Markdown (``render.py``)."""
-    return render.own_models(results)
-
-
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = list(results["runs"])
-    for k, (row, label) in enumerate(
-        [("fp", "full precision"), ("naive_ste", "naive STE"), ("bitat", "BiTAT")]
-    ):
-        values = [
-            100 * np.mean([r["rows"][row]["test"] for r in results["runs"][n].values()])
-            for n in names
-        ]
-        ax.bar(np.arange(len(names)) + (k - 1) * 0.27, values, 0.27, label=label)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.axhline(10, color="grey", lw=0.8, ls=":")
-    ax.legend(loc="lower right")
-    ax.set_title("Users' own models on Fashion-MNIST (chance: 10 %)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="cnn_relu,cnn_leaky,mobilenet")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    results = load()
+    results = harness.earlier_report(os.path.join(RESULTS, "own_models.json")) or {"runs": {}}
     for name in args.models.split(","):
         results["runs"].setdefault(name, {})[str(args.seed)] = run(name, args.seed)
         results["command"] = "python benchmarks/own_models.py --models MODEL --seed N"
@@ -173,11 +134,8 @@ def main(argv=None):
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"keras {keras.__version__} ({keras.backend.backend()} backend)"
         )
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "own_models.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        render.write_markdown(os.path.join(RESULTS, "own_models.json"))
-        plot(results, os.path.join(RESULTS, "own_models.png"))
+        render.write_report(results, os.path.join(RESULTS, "own_models"))
+        figures.own_models(results, os.path.join(RESULTS, "own_models.png"))
 
 
 if __name__ == "__main__":

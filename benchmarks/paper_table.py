@@ -20,17 +20,18 @@ import platform
 import sys
 import time
 
+import figures
 import keras
 import numpy as np
 import render as reports
 from harness import (
     BASELINES,
-    HERE,
     PRESETS,
     Bench,
     budget_epochs,
     budget_name,
     deployment,
+    earlier_report,
     log,
     same_settings,
 )
@@ -39,7 +40,7 @@ from render import mean_and_error, paired_seeds, row_order  # noqa: F401  (row_o
 import bitat_keras as bk
 
 ABLATIONS = ("none", "intra", "cross")
-MAIN_ROWS = ("naive_ste", "naive_ste_distill", "reactnet", "bitat")
+MAIN_ROWS = (*BASELINES, "bitat")
 
 
 def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
@@ -145,12 +146,8 @@ def slim_history(history):
 def summarize(bench, previous=None):
     """The report: per-row means over every seed run so far (``previous`` holds the rows
     and curves of seeds run in earlier invocations)."""
-    per_row = seeds_by_row(previous) if previous else {}
-    for name, seeds in bench.rows.items():
-        per_row.setdefault(name, {}).update(seeds)
-    curves = merge_curves(previous["curves"] if previous else {}, bench.curves)
+    rows, curves = merge_rows(previous, bench.rows, bench.curves)
     seconds = previous.get("total_seconds", 0.0) if previous else 0.0
-    rows = row_means(per_row)
     settings = bench.settings
     report = {
         "preset": bench.name,
@@ -184,14 +181,20 @@ def seeds_by_row(report):
     return {name: {int(k): v for k, v in row["per_seed"].items()} for name, row in rows}
 
 
-def merge_curves(old, new):
-    """``old``'s curve points, less those of a (budget, seed) that ``new`` has, then ``new``'s."""
-    curves = {name: [list(p) for p in points] for name, points in old.items()}
-    for name, points in new.items():
+def merge_rows(old, rows, curves):
+    """``old``'s rows and curves (a loaded report, or None) with ``rows`` (``{row: {seed:
+    values}}``) and ``curves`` merged in: a row's seed, or a curve's (budget, seed) point,
+    replaces the same one of ``old``. Returns ``(rows, curves)``, the rows summarized."""
+    per_row = seeds_by_row(old) if old else {}
+    for name, seeds in rows.items():
+        per_row.setdefault(name, {}).update(seeds)
+    old_curves = old["curves"] if old else {}
+    merged = {name: [list(p) for p in points] for name, points in old_curves.items()}
+    for name, points in curves.items():
         replaced = {(p[0], p[1]) for p in points}
-        kept = [p for p in curves.get(name, []) if (p[0], p[1]) not in replaced]
-        curves[name] = kept + [list(p) for p in points]
-    return curves
+        kept = [p for p in merged.get(name, []) if (p[0], p[1]) not in replaced]
+        merged[name] = kept + [list(p) for p in points]
+    return row_means(per_row), merged
 
 
 def row_means(per_row):
@@ -231,7 +234,7 @@ def merge(preset, out_dir, sources):
     (merge each folder once), and a note names each source's command and machine. Raises
     ``ValueError`` for a report made with other preset settings or on another backend."""
     path = os.path.join(out_dir, f"{preset}.json")
-    report = _load(path) if os.path.exists(path) else None
+    report = earlier_report(path)
     for source in sources:
         other = _load(os.path.join(source, f"{preset}.json"))
         seeds = sorted({int(s) for row in other["rows"].values() for s in row["per_seed"]})
@@ -253,14 +256,12 @@ def merge(preset, out_dir, sources):
                 f"{source}: its {preset} report ran on {other['backend']}, {path}'s on "
                 f"{report['backend']}; expected one backend (their wall times differ)"
             )
-        per_row = seeds_by_row(report)
-        for name, per_seed in seeds_by_row(other).items():
-            per_row.setdefault(name, {}).update(per_seed)
+        rows, curves = merge_rows(report, seeds_by_row(other), other["curves"])
         notes = report.get("notes", [])
         report = {
             **report,
-            "rows": row_means(per_row),
-            "curves": merge_curves(report["curves"], other["curves"]),
+            "rows": rows,
+            "curves": curves,
             "deployment": report.get("deployment") or other.get("deployment"),
             "total_seconds": report["total_seconds"] + other["total_seconds"],
             "notes": notes + [n for n in other.get("notes", []) if n not in notes] + [note],
@@ -335,7 +336,7 @@ def premise_goals(rows, goal, mean):
     if not goal or None in (fp, bitat):
         return {}
     out = {}
-    names = [n for n in ("naive_ste", "naive_ste_distill", "reactnet") if n in rows]
+    names = [n for n in BASELINES if n in rows]
     if names:
         best = max(mean(n) for n in names)
         out[f"bitat_1x_at_least_best_baseline_plus_{100 * goal['over_baseline']:g}"] = (
@@ -371,79 +372,13 @@ def markdown(report):
     return reports.paper_table(report)
 
 
-def plot(report, path):
-    """Accuracy against wall time (left) and against the budget in ReActNet's converged
-    epochs (right): the seconds come from hosts that differ up to 2-3x between sessions, so
-    the right panel is the one whose curves compare budgets of one method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, by_budget) = plt.subplots(1, 2, figsize=(11.0, 5.0), layout="constrained")
-    labels = {
-        "naive_ste": ("naive STE", "^"),
-        "naive_ste_distill": ("naive STE, teacher's distribution", "v"),
-        "reactnet": ("ReActNet two-step", "o"),
-        "bitat": (
-            "BiTAT (the preset's settings)"
-            if report["settings"].get("bitat_overrides")
-            else "BiTAT (defaults)",
-            "s",
-        ),
-        "bitat_teacher": ("BiTAT, teacher's distribution (earlier defaults)", "x"),
-    }
-    for name, (label, marker) in labels.items():
-        points = sorted(report["curves"].get(name, []))  # (budget, seed, seconds, accuracy)
-        if not points:
-            continue
-        budgets = sorted({p[0] for p in points})
-        xs = [np.mean([p[2] for p in points if p[0] == b]) for b in budgets]
-        ys = [100 * np.mean([p[3] for p in points if p[0] == b]) for b in budgets]
-        (line,) = ax.plot(xs, ys, marker=marker, label=label)
-        color = line.get_color()
-        ax.scatter([p[2] for p in points], [100 * p[3] for p in points], s=12, color=color)
-        by_budget.plot(budgets, ys, marker=marker, color=color)
-        by_budget.scatter([p[0] for p in points], [100 * p[3] for p in points], s=12, color=color)
-    fp = 100 * report["rows"]["full_precision"]["accuracy_mean"]
-    ax.axhline(fp, color="gray", ls="--", label="full precision")
-    by_budget.axhline(fp, color="gray", ls="--")
-    ax.set_ylabel("test accuracy (%)")
-    points = [p for curve in report["curves"].values() for p in curve]
-    budgets = sorted({p[0] for p in points})
-    names = "/".join(f"{b:g}x" for b in budgets)
-    ax.set_title(f"Accuracy vs wall time\n({report['preset']} preset, {names}; means and seeds)")
-    hosts = {
-        values["host"]
-        for name, row in report["rows"].items()
-        if name != "full_precision"
-        for values in row["per_seed"].values()
-        if values.get("host")
-    }
-    # Seconds from other machines do not compare one to one: say so under the axis.
-    where = f"; {len(hosts)} hosts, per seed in the report" if len(hosts) > 1 else ""
-    ax.set_xlabel(f"training wall time (s{where})")
-    by_budget.set_xscale("log", base=2)
-    by_budget.set_xticks(budgets, [f"{b:g}x" for b in budgets])
-    by_budget.minorticks_off()
-    by_budget.set_xlabel("budget (x ReActNet's converged epochs)")
-    by_budget.set_title("Accuracy vs budget\n(host-independent; means and seeds)")
-    by_budget.sharey(ax)
-    fig.legend(loc="outside lower center", ncol=3, fontsize="small")  # below: never on a curve
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write(report, out_dir, preset, quiet=False, figure=True):
     """The report's JSON and Markdown, and (``figure``) its accuracy-vs-cost PNG."""
     report["goals"] = goals(report["rows"], report.get("settings"))  # the current rules
-    os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, preset)
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1, default=float)
-    reports.write_markdown(base + ".json")
+    reports.write_report(report, base)
     if figure and "full_precision" in report["rows"]:
-        plot(report, base + "_accuracy_vs_cost.png")
+        figures.paper_table(report, base + "_accuracy_vs_cost.png")
     if not quiet:
         log(f"wrote {base}.json, {base}.md, {base}_accuracy_vs_cost.png")
 
@@ -474,13 +409,10 @@ def run(
         f"preset {preset}: {len(bench.train[0])} train / {len(bench.val[0])} val / "
         f"{len(bench.test[0])} test {settings['dataset']}, backend {keras.backend.backend()}"
     )
-    path = os.path.join(out_dir, f"{preset}.json")
-    previous = None
-    if os.path.exists(path):
-        previous = _load(path)
-        if not same_settings(settings, previous, ROW_SETTINGS):
-            log(f"{path} was made with other preset settings: starting a new report")
-            previous = None
+    previous = earlier_report(
+        os.path.join(out_dir, f"{preset}.json"),
+        lambda report: same_settings(settings, report, ROW_SETTINGS),
+    )
     start = time.perf_counter()
 
     def save(figure=True):
@@ -514,7 +446,7 @@ def _number(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--out", default=reports.RESULTS)
     parser.add_argument("--seed", type=int, action="append", help="run only this seed")
     parser.add_argument(
         "--groups",

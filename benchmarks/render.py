@@ -56,9 +56,16 @@ def signed(points):
     return "0.00" if text in ("+0.00", "-0.00") else text
 
 
-def goal_lines(goals):
+def _preset_command(report, script):
+    """``python benchmarks/<script> --preset <preset>``, under the report's backend."""
+    backend = report.get("backend", "tensorflow")
+    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
+    return f"{prefix}python benchmarks/{script} --preset {report['preset']}"
+
+
+def goals_section(goals):
     lines = [f"- {k}: {'holds' if v else 'MISSED'}" for k, v in goals.items()]
-    return lines or ["- none measurable yet (they compare rows at 1x)"]
+    return ["", "## Goals", "", *(lines or ["- none measurable yet (they compare rows at 1x)"])]
 
 
 def _lines(lines):
@@ -116,9 +123,7 @@ def paper_command(report):
     for name in BASELINE_ROWS:
         if any(re.fullmatch(rf"{name}_\d+_images", n) for n in rows):
             groups.append(f"more_data_{name}")
-    backend = report.get("backend", "tensorflow")
-    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
-    text = f"{prefix}python benchmarks/paper_table.py --preset {report['preset']}"
+    text = _preset_command(report, "paper_table.py")
     if budgets:
         text += " --budgets " + ",".join(f"{b:g}" for b in budgets)
     return text + " --groups " + (",".join(groups) or "''")
@@ -329,8 +334,7 @@ def paper_table(report):
     if report.get("deployment"):
         lines += ["", "## Deployment (seed 0; FP model vs BiTAT model)", ""]
         lines += deployment_markdown(report["deployment"])
-    lines += ["", "## Goals", "", *goal_lines(report["goals"])]
-    return _lines(lines)
+    return _lines(lines + goals_section(report["goals"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,10 +350,7 @@ def deployment(report):
             f"Command: `{command(report['command'])}`; backend {report['backend']}.",
             "",
             *deployment_markdown(report["deployment"]),
-            "",
-            "## Goals",
-            "",
-            *goal_lines(report["goals"]),
+            *goals_section(report["goals"]),
         ]
     )
 
@@ -479,7 +480,8 @@ def converge(report):
 # ---------------------------------------------------------------------------------------
 # sweep.py: results/sweep_<preset>.md
 
-# What a sweep report's settings may differ in between rows that still share a table.
+# What a sweep report's settings may differ in between rows that still share a table (and
+# between the runs that sweep.py merges into one report).
 SWEEP_ROW_SETTINGS = ("baseline_lr", "budgets", "epochs", "bitat_overrides")
 SWEEP_NAMES = (
     "Row names (each row's exact settings are in the JSON):",
@@ -507,9 +509,7 @@ def _sweep_flag(commands, flag):
 
 def _sweep_command(report, rows, commands):
     """The ``sweep.py`` command that reruns ``rows`` (on the same teacher)."""
-    backend = report.get("backend", "tensorflow")
-    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
-    text = f"{prefix}python benchmarks/sweep.py --preset {report['preset']}"
+    text = _preset_command(report, "sweep.py")
     text += f" --epochs {report['settings']['epochs']}"
     fp_epochs = _sweep_flag(commands, "--fp-epochs")
     if fp_epochs:
@@ -677,8 +677,7 @@ def latency(report):
             f"{work['between']}; before the first: {work['before_first']}; after the last: "
             f"{work['after_last']}",
         ]
-    lines += ["", "## Goals", "", *goal_lines(report["goals"])]
-    return _lines(lines)
+    return _lines(lines + goals_section(report["goals"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -855,6 +854,15 @@ def write_markdown(json_path):
     with open(os.path.splitext(json_path)[0] + ".md", "w") as f:
         f.write(text)
     return text
+
+
+def write_report(report, base):
+    """Write ``report`` to ``<base>.json`` and its Markdown to ``<base>.md`` (the folder made
+    if missing); returns the Markdown."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    return write_markdown(base + ".json")
 
 
 def reports(folder=RESULTS):

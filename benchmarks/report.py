@@ -21,9 +21,8 @@ import sys
 import render as reports
 from render import mean_and_error
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
-README = os.path.join(HERE, "..", "README.md")
+RESULTS = reports.RESULTS
+README = os.path.join(reports.HERE, "..", "README.md")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 # (preset, its one-line description); BiTAT's row on each is the preset's BiTAT setting
@@ -120,7 +119,7 @@ def stale():
     with open(README) as f:
         readme = readme_block(f.read()) != render()
     return (["README.md"] if readme else []) + [
-        os.path.relpath(p, os.path.join(HERE, "..")) for p in reports.stale(RESULTS)
+        os.path.relpath(p, os.path.join(reports.HERE, "..")) for p in reports.stale(RESULTS)
     ]
 
 

@@ -28,191 +28,11 @@ import render
 
 from bitat_keras.fit import training
 
-# Schedules: proportions of (activations-first, quantize per layer, fine-tune per layer,
-# final) epochs, scaled to the budget; each gives every layer at least 2 epochs of
-# quantization at the cpu preset's 1x (8 layers, 24 epochs).
-SCHEDULES = {
-    "paper": dict(
-        activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0.5, final_epochs=0
-    ),
-    "q+final": dict(
-        activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0.25, final_epochs=2
-    ),
-    "act+q+final": dict(
-        activations_first_epochs=1, epochs_per_layer=1, finetune_epochs=0, final_epochs=2
-    ),
-    "q+long-final": dict(
-        activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0, final_epochs=4
-    ),
-    "q+longer-final": dict(
-        activations_first_epochs=0, epochs_per_layer=1, finetune_epochs=0, final_epochs=8
-    ),
-}
-
-
-def _variant(transform="aggregated", schedule="q+final", lr=None, **overrides):
-    values = dict(transform=transform, distillation="all", **SCHEDULES[schedule])
-    if lr is not None:
-        values.update(learning_rate=lr, finetune_learning_rate=lr)
-    values.update(overrides)
-    return values
-
-
-# BiTAT rows: BiTATConfig overrides (``budget``: multiple of the 1x epochs, default 1;
-# ``paper``: start from BiTATConfig.paper()). In the order they run.
-VARIANTS = {
-    "none/q+final": _variant("none"),
-    "agg-lam0.3-sign/q+final": _variant(lam=0.3, penalty_gradient="sign"),
-    "agg-lam1-sign/q+final": _variant(lam=1.0, penalty_gradient="sign"),
-    "agg-lam0.1-sign/q+final": _variant(lam=0.1, penalty_gradient="sign"),
-    "none/act+q+final": _variant("none", "act+q+final"),
-    "none/paper": _variant("none", "paper"),
-    "agg-lam1-latent/q+final": _variant(lam=1.0, penalty_gradient="latent"),
-    "cross-lam0.3-sign/q+final": _variant("cross", lam=0.3, penalty_gradient="sign"),
-    "intra-lam0.3-sign/q+final": _variant("intra", lam=0.3, penalty_gradient="sign"),
-    "none/q+long-final": _variant("none", "q+long-final"),
-    "agg-lam0.3-sign/act+q+final": _variant(
-        schedule="act+q+final", lam=0.3, penalty_gradient="sign"
-    ),
-    # Learning rate and a longer joint phase (second sweep).
-    "agg/q+final/lr2e-3": _variant(lr=2e-3),
-    "none/q+final/lr2e-3": _variant("none", lr=2e-3),
-    "agg/q+long-final/lr2e-3": _variant(schedule="q+long-final", lr=2e-3),
-    "none/q+long-final/lr2e-3": _variant("none", "q+long-final", lr=2e-3),
-    "agg/q+long-final/lr1e-3": _variant(schedule="q+long-final", lr=1e-3),
-    "agg/q+long-final/lr4e-3": _variant(schedule="q+long-final", lr=4e-3),
-    "agg/act+q+final/lr2e-3": _variant(schedule="act+q+final", lr=2e-3),
-    "agg-lam1/q+long-final/lr2e-3": _variant(schedule="q+long-final", lr=2e-3, lam=1.0),
-    "cross/q+long-final/lr2e-3": _variant("cross", "q+long-final", lr=2e-3),
-    "intra/q+long-final/lr2e-3": _variant("intra", "q+long-final", lr=2e-3),
-    "agg/q+long-final/lr2e-3/2x": _variant(schedule="q+long-final", lr=2e-3, budget=2),
-    "paper/lr2e-3": dict(paper=True, learning_rate=2e-3, finetune_learning_rate=2e-3),
-    # At 48 epochs (ReActNet converged at lr 2e-3) and higher learning rates (third sweep).
-    "agg/q+long-final/lr4e-3/2x": _variant(schedule="q+long-final", lr=4e-3, budget=2),
-    "none/q+long-final/lr4e-3/2x": _variant("none", "q+long-final", lr=4e-3, budget=2),
-    "agg/q+longer-final/lr4e-3/2x": _variant(schedule="q+longer-final", lr=4e-3, budget=2),
-    "agg/q+long-final/lr8e-3/2x": _variant(schedule="q+long-final", lr=8e-3, budget=2),
-    # Both best learning rates sat at the top of the grid: one step further (fourth sweep).
-    "agg/q+long-final/lr16e-3/2x": _variant(schedule="q+long-final", lr=16e-3, budget=2),
-    # Naive STE (task loss only) beat its teacher on validation: does distilling from that
-    # teacher cap BiTAT? The same rows on the task loss alone (fifth sweep).
-    "agg/q+long-final/lr8e-3/2x/task": _variant(
-        schedule="q+long-final", lr=8e-3, budget=2, distillation="none"
-    ),
-    "agg/q+long-final/lr16e-3/2x/task": _variant(
-        schedule="q+long-final", lr=16e-3, budget=2, distillation="none"
-    ),
-    "none/q+long-final/lr8e-3/2x/task": _variant(
-        "none", "q+long-final", lr=8e-3, budget=2, distillation="none"
-    ),
-    "agg/q+longer-final/lr8e-3/2x/task": _variant(
-        schedule="q+longer-final", lr=8e-3, budget=2, distillation="none"
-    ),
-    "agg/q+long-final/lr8e-3-final16e-3/2x/task": _variant(
-        schedule="q+long-final",
-        lr=8e-3,
-        finetune_learning_rate=16e-3,
-        budget=2,
-        distillation="none",
-    ),
-    # At lam 0.3 the penalty's gradient is 0.04-4 % of the task's (cpu.json's
-    # gradient_ratio) and the transform ablation is level on the test set: a stronger
-    # penalty, one and two decades up (run 6).
-    "agg-lam3/q+long-final/lr8e-3/2x/task": _variant(
-        schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=3.0
-    ),
-    "agg-lam30/q+long-final/lr8e-3/2x/task": _variant(
-        schedule="q+long-final", lr=8e-3, budget=2, distillation="none", lam=30.0
-    ),
-    # The premise presets (a cached strong teacher; lowdata: 2,000 labelled images): the
-    # library defaults against its distillation options, at 0.5x of the preset's 1x.
-    "defaults/0.5x": dict(budget=0.5),
-    "defaults/0.5x/distill-all": dict(budget=0.5, distillation="all"),
-    "defaults/0.5x/distill-finetune": dict(budget=0.5, distillation="finetune"),
-    # lowdata: "all" still trails ReActNet, and most of its loss is the first layer's
-    # quantize phase and the top block's. ReActNet's first step (binary activations over
-    # real weights everywhere), a longer final phase, and the learning rate.
-    "defaults/0.5x/distill-all/act-first": dict(
-        budget=0.5, distillation="all", activations_first_epochs=8
-    ),
-    "defaults/0.5x/distill-all/final16": dict(budget=0.5, distillation="all", final_epochs=16),
-    "defaults/0.5x/distill-all/lr16e-3": dict(
-        budget=0.5, distillation="all", learning_rate=16e-3, finetune_learning_rate=16e-3
-    ),
-    "defaults/0.5x/distill-all/lr4e-3": dict(
-        budget=0.5, distillation="all", learning_rate=4e-3, finetune_learning_rate=4e-3
-    ),
-    # ReActNet's best learning rate at 0.5x lost to a lower one at 1x: BiTAT at 1x.
-    "defaults/1x/distill-all": dict(distillation="all"),
-    # cpu_strong at 1x: the defaults, and lowdata's choice of split on the task loss.
-    "defaults/1x": dict(),
-    "defaults/1x/q1+final16": dict(epochs_per_layer=1, final_epochs=16),
-    "defaults/1x/distill-all/lr4e-3": dict(
-        distillation="all", learning_rate=4e-3, finetune_learning_rate=4e-3
-    ),
-    # lowdata (run with --epochs 320): BiTAT's final (joint) phase recovers what the
-    # progressive phases lose, and naive STE distilled (all joint) beats it. The same budget
-    # with a smaller progressive share: 2/3 and 4/5 of the epochs in the final phase (the
-    # defaults give it 1/3); then at twice the epochs. cpu_strong: also at 8e-3, the best
-    # rate of both naive STE rows on that preset's validation split, and at 16e-3 because
-    # 8e-3 was the best of BiTAT's own grid there.
-    **{
-        f"defaults/{budget}x/distill-all/lr{lr * 1e3:g}e-3/q{q:g}+final16": dict(
-            budget=budget,
-            distillation="all",
-            learning_rate=lr,
-            finetune_learning_rate=lr,
-            epochs_per_layer=q,
-            final_epochs=16,
-        )
-        for lr in (4e-3, 8e-3, 16e-3)
-        for budget in (1, 2)
-        for q in (1, 0.5)
-    },
-}
-
-# Baseline rows: (method, learning rate, budget in multiples of the 1x epochs).
-BASELINES = {
-    "naive_ste_lr0.001": ("naive_ste", 1e-3, 1),
-    "naive_ste_lr0.002": ("naive_ste", 2e-3, 1),
-    "naive_ste_lr0.004": ("naive_ste", 4e-3, 1),
-    "naive_ste_lr0.002_2x": ("naive_ste", 2e-3, 2),
-    "reactnet_lr0.001": ("reactnet", 1e-3, 1),
-    "reactnet_lr0.002": ("reactnet", 2e-3, 1),
-    "reactnet_lr0.004": ("reactnet", 4e-3, 1),
-    "reactnet_lr0.002_2x": ("reactnet", 2e-3, 2),
-    "reactnet_lr0.002_4x": ("reactnet", 2e-3, 4),
-    "naive_ste_lr0.004_2x": ("naive_ste", 4e-3, 2),
-    "naive_ste_lr0.008_2x": ("naive_ste", 8e-3, 2),
-    "reactnet_lr0.004_2x": ("reactnet", 4e-3, 2),
-    "reactnet_lr0.008_2x": ("reactnet", 8e-3, 2),
-    "naive_ste_lr0.016_2x": ("naive_ste", 16e-3, 2),
-    "naive_ste_lr0.032_2x": ("naive_ste", 32e-3, 2),
-    # The premise presets, at 0.5x (the grid around cpu's choices).
-    **{
-        f"{method}_lr{lr:g}_0.5x": (method, lr, 0.5)
-        for method, grid in (
-            ("reactnet", (2e-3, 4e-3, 8e-3, 16e-3)),
-            ("naive_ste_distill", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
-            ("naive_ste", (2e-3, 4e-3, 8e-3, 16e-3, 32e-3)),
-        )
-        for lr in grid
-    },
-    # The premise presets at 1x (cpu_strong: the grid around cpu's choices, chosen at the
-    # budget the rows run at).
-    **{
-        f"{method}_lr{lr:g}": (method, lr, 1)
-        for method, grid in (
-            ("reactnet", (2e-3, 4e-3, 8e-3)),
-            ("naive_ste_distill", (4e-3, 8e-3, 16e-3, 32e-3)),
-            ("naive_ste", (4e-3, 8e-3, 16e-3, 32e-3)),
-        )
-        for lr in grid
-    },
-    # lowdata at 320 epochs: does naive STE distilled gain from the doubling, as ReActNet
-    # does and BiTAT does not?
-    "naive_ste_distill_lr0.004": ("naive_ste_distill", 4e-3, 1),
-}
+# The rows, in the order they run (presets.json): BiTAT variants (BiTATConfig overrides;
+# ``budget``: multiple of the 1x epochs, default 1; ``paper``: from BiTATConfig.paper()) and
+# baselines (method, learning rate, budget in multiples of the 1x epochs).
+VARIANTS = harness.SETTINGS["sweep"]["variants"]
+BASELINES = harness.SETTINGS["sweep"]["baselines"]
 
 
 def full_precision(bench, path):
@@ -349,16 +169,12 @@ def previous_rows(out_dir, preset, settings):
     Every row records its learning rate and its epochs, so a change of the preset's
     ``baseline_lr``, ``budgets`` or 1x ``epochs`` keeps the earlier rows (each row's
     ``budget`` stays the multiple of the 1x of its own run)."""
-    path = os.path.join(out_dir, f"sweep_{preset}.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        previous = json.load(f)
     # Each row records its own learning rate, budget, epochs and BiTAT settings (the
     # preset's bitat_overrides are for paper_table.py's rows, not the sweep's).
-    ignore = ("baseline_lr", "budgets", "epochs", "bitat_overrides")
-    if not harness.same_settings(settings, previous, ignore):
-        harness.log(f"{path} was made with other settings: starting a new sweep")
+    ignore = render.SWEEP_ROW_SETTINGS
+    path = os.path.join(out_dir, f"sweep_{preset}.json")
+    previous = harness.earlier_report(path, lambda r: harness.same_settings(settings, r, ignore))
+    if previous is None:
         return {}
     epochs = previous["settings"]["epochs"]  # rows written before they recorded their epochs
     return {
@@ -388,17 +204,14 @@ def write(preset, out_dir, rows, settings, seconds, jobs=1):
     }
     if any("overrides" in v and v.get("budget", 1) == 1 for v in rows.values()):
         report["best"] = best_variant(rows)
-    base = os.path.join(out_dir, f"sweep_{preset}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1, default=float)
-    render.write_markdown(base + ".json")
+    render.write_report(report, os.path.join(out_dir, f"sweep_{preset}"))
     return report
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(harness.PRESETS), default="cpu")
-    parser.add_argument("--out", default=os.path.join(harness.HERE, "results"))
+    parser.add_argument("--out", default=render.RESULTS)
     parser.add_argument(
         "--rows", default=None, help="comma list of VARIANTS and BASELINES names (default: all)"
     )

@@ -417,8 +417,9 @@ def test_reactnet_convergence_goal_compares_budgets_on_the_same_seeds():
     assert goals["reactnet_converged_at_1x (2x gains < 0.3 on the same seeds)"] is False
 
 
-def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_path):
-    import device_matrix
+def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import device_matrix  # tools/device_matrix.py
 
     for name in ("lowdata_seed0.keras", "lowdata_seed0.json", "cpu_strong_seed1.keras"):
         (tmp_path / name).write_text("{}")

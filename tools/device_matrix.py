@@ -6,10 +6,10 @@ process of its own, many at a time (a small network's step is dispatch-bound on 
 
     # here: wheels of this machine's Keras (and namex, optree) for the device's Python,
     # the Fashion-MNIST files and the cached teachers, into a git-ignored folder
-    python benchmarks/device_matrix.py stage .gpu
-    python benchmarks/device_matrix.py plan            # the jobs, in the order they start
+    python tools/device_matrix.py stage .gpu
+    python tools/device_matrix.py plan       # the jobs, in the order they start
     # on the device (the `run` tool; carry .gpu), under the call's time limit
-    python benchmarks/device_matrix.py run .gpu --out "$OUT" --deadline 540 --jobs 16
+    python tools/device_matrix.py run .gpu --out "$OUT" --deadline 540 --jobs 16
     # back here: each job's report merges into one JAX report per preset
     python benchmarks/paper_table.py --preset cpu_strong --out benchmarks/results/jax \\
         --merge <fetched>/jobs/cpu_strong-*
@@ -29,8 +29,10 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+# Names only: `run` starts before the staged Keras is installed, so this script imports
+# nothing from benchmarks/ (paper_table.py's main rows, the ones that take longest first).
 PRESETS = ("cpu_strong", "lowdata")
 MAIN_ROWS = ("bitat", "reactnet", "naive_ste_distill", "naive_ste")
 
@@ -99,7 +101,7 @@ def stage(folder, python_version="3.12"):
             shutil.copy(os.path.join(source, name), data)
     teachers = os.path.join(folder, "teachers")
     os.makedirs(teachers, exist_ok=True)
-    for path in glob.glob(os.path.join(HERE, "results", "teachers", "*")):
+    for path in glob.glob(os.path.join(BENCHMARKS, "results", "teachers", "*")):
         shutil.copy(path, teachers)
     print(
         f"staged {folder}: {sorted(os.listdir(wheels))}, "
@@ -154,7 +156,7 @@ def run(folder, out, deadline, jobs, presets=PRESETS, seeds=(0, 1, 2), budgets=(
             queue.remove((name, teacher, argv))
             if teacher is None:
                 trained[name] = (argv[1], int(argv[3]))
-            command = [sys.executable, os.path.join(HERE, "paper_table.py")] + argv
+            command = [sys.executable, os.path.join(BENCHMARKS, "paper_table.py")] + argv
             command += ["--out", os.path.join(out, "jobs", name), "--teachers", teachers]
             with open(os.path.join(out, "logs", name + ".log"), "w") as log:
                 running[name] = subprocess.Popen(command, stdout=log, stderr=log, env=env)
