@@ -92,6 +92,18 @@ class StepTimer(keras.callbacks.Callback):
         return 1000.0 * float(np.median(seconds))
 
 
+def versions():
+    """Keras, the backend's library and numpy, with their versions."""
+    import importlib
+
+    backend_name = keras.backend.backend()
+    library = importlib.import_module(backend_name)
+    return (
+        f"keras {keras.__version__}, {backend_name} {library.__version__}, "
+        f"numpy {np.__version__}"
+    )
+
+
 def train_fp(model, data, epochs, batch):
     """The pre-trained model: Adam with linear decay, then BatchNorm re-estimated; returns
     the milliseconds of a steady full-precision step."""
@@ -243,7 +255,7 @@ def main(argv=None):
         "command": " ".join(["python", "benchmarks/cost.py", *(argv or sys.argv[1:])]),
         "code": code_version(),
         "machine": harness.host(),
-        "versions": f"keras {keras.__version__}, {keras.backend.backend()}",
+        "versions": versions(),
         "backend": keras.backend.backend(),
         "network": args.network,
         "images": len(train[0]),

@@ -413,7 +413,7 @@ def cost(report):
         )
     lines += ["", "| target | value | goal | met |", "| --- | --- | --- | --- |"]
     for name, t in report["targets"].items():
-        lines.append(f"| {name} | {t['value']:.2f} | <= {t['target']} | {t['met']} |")
+        lines.append(f"| {name} | {t['value']:.3f} | <= {t['target']} | {t['met']} |")
     return _lines(lines)
 
 
