@@ -1,6 +1,6 @@
 """BatchNorm re-estimation: the moving statistics recomputed from training-mode forward
-passes, so that inference mode (the next layer's statistics, thresholds, evaluation,
-checkpoints, the returned model) sees the current weights' statistics."""
+passes, so that inference mode (thresholds, evaluation, checkpoints, the gradient
+ratio, the returned model) sees the current weights' statistics."""
 
 import weakref
 

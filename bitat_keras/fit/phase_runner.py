@@ -326,8 +326,9 @@ class PhaseRunner:
 
     def recalibrate(self, record, index):
         """Re-estimate every BatchNorm's moving statistics, when training changed them
-        since the last time: they matter only in inference mode (the next layer's input
-        statistics, thresholds, evaluation, checkpoints, the returned model), and the
+        since the last time: they matter only in inference mode (thresholds, evaluation,
+        checkpoints, the gradient ratio, the returned model; not the next layer's input
+        statistics, which run in training mode), and the
         estimate does not depend on their old values."""
         if not self.bn_stale:
             return
