@@ -36,6 +36,17 @@ def test_im2col_matches_loops_and_reproduces_the_convolution(stride):
     np.testing.assert_allclose(rows, loop_im2col(x, 3, stride, 1.0))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_im2col_sample_is_the_seeded_choice_of_the_loop_rows(stride):
+    x = np.random.default_rng(0).normal(size=(3, 7, 7, 2))
+    every = loop_im2col(x, 3, stride, 0.0)
+    keep = np.sort(np.random.default_rng(5).choice(len(every), size=11, replace=False))
+    rows = transform.im2col(x, (3, 3), (stride, stride), max_rows=11, seed=5)
+    np.testing.assert_allclose(rows, every[keep])
+    # max_rows at or above the count: every row, in order
+    np.testing.assert_allclose(transform.im2col(x, (3, 3), (stride, stride), max_rows=10**6), every)
+
+
 def test_pca_init_equals_numpy_eigh_of_patch_covariance_on_a_conv_layer():
     model = bk.binarize(
         bk.models.reactnet_mobilenet(

@@ -54,8 +54,7 @@ def patch_rows(
         layer.strides,
         padding=layer.padding,
         pad_value=pad_value,
+        max_rows=max_rows,
+        seed=seed,
     )
-    if len(rows) > max_rows:
-        keep = np.random.default_rng(seed).choice(len(rows), size=max_rows, replace=False)
-        rows = rows[np.sort(keep)]
     return np.ascontiguousarray(rows, dtype=np.float32)

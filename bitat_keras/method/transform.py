@@ -13,12 +13,15 @@ from bitat_keras.nn.layers import same_paddings
 TRANSFORMS = ("aggregated", "cross", "intra", "filter", "none")
 
 
-def im2col(x, kernel_size, strides=(1, 1), padding="same", pad_value=0.0):
+def im2col(x, kernel_size, strides=(1, 1), padding="same", pad_value=0.0, max_rows=None, seed=0):
     """Patches of an NHWC batch as rows of length kh*kw*cin (appendix 7.2, Eq. 14).
 
     Row layout matches a Keras kernel of shape (kh, kw, cin, cout) reshaped to
     (kh*kw*cin, cout), so ``im2col(x) @ kernel.reshape(-1, cout)`` is the convolution.
-    SAME padding uses TF's split (see ``same_paddings``) and ``pad_value``.
+    SAME padding uses TF's split (see ``same_paddings``) and ``pad_value``. With
+    ``max_rows``, a uniform sample (drawn from ``seed``, kept in order) of at most that
+    many rows, built without building the others (all rows of a large layer would take
+    N * OH * OW * kh * kw * cin floats).
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -30,8 +33,12 @@ def im2col(x, kernel_size, strides=(1, 1), padding="same", pad_value=0.0):
         pw = same_paddings(x.shape[2], kw, sw)
         x = np.pad(x, [(0, 0), ph, pw, (0, 0)], constant_values=pad_value)
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
-    windows = windows[:, ::sh, ::sw]  # (N, OH, OW, C, kh, kw)
-    windows = np.moveaxis(windows, 3, -1)  # (N, OH, OW, kh, kw, C)
+    windows = windows[:, ::sh, ::sw]  # (N, OH, OW, C, kh, kw), a view
+    count = int(np.prod(windows.shape[:3]))
+    if max_rows is not None and count > max_rows:
+        keep = np.random.default_rng(seed).choice(count, size=max_rows, replace=False)
+        windows = windows[np.unravel_index(np.sort(keep), windows.shape[:3])]  # (R, C, kh, kw)
+    windows = np.moveaxis(windows, -3, -1)  # (..., kh, kw, C)
     return windows.reshape(-1, kh * kw * x.shape[-1])
 
 
