@@ -600,3 +600,42 @@ def test_sample_weight_with_numpy_augmented_batches_is_refused():
     )
     with pytest.raises(ValueError, match="carry no weights"):
         with_sample_weight(batches, np.ones(4))
+
+
+def test_fit_input_yields_keras_batches_and_trains_to_the_same_weights():
+    """Under TensorFlow SeededBatches reach Keras as a tf.data pipeline without autotuning:
+    the batches Keras draws from the PyDataset (pass after pass, the first after one
+    on_epoch_end), and the same trained weights as Keras' own conversion (the oracle)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the pipeline replaces the PyDataset under TensorFlow only")
+    from bitat_keras.fit.data import SeededBatches, fit_input
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 5, 5, 2)).astype("float32")
+    y = rng.integers(0, 3, size=23)
+    w = rng.random(23).astype("float32")
+    expected = SeededBatches(x, y, 8, seed=4, sample_weight=w)
+    passes = []
+    for _ in range(2):
+        expected.on_epoch_end()
+        passes.append([expected[i] for i in range(len(expected))])
+    kwargs = fit_input({"x": SeededBatches(x, y, 8, seed=4, sample_weight=w), "shuffle": False})
+    dataset = kwargs["x"]
+    assert kwargs["shuffle"] is False and kwargs["steps_per_epoch"] == 3
+    assert dataset.options().autotune.enabled is False
+    got = [tuple(np.asarray(t) for t in batch) for batch in dataset.take(6)]  # pass after pass
+    for g, e in zip(got, passes[0] + passes[1], strict=True):
+        for a, b in zip(g, e, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def trained(**kwargs):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((5, 5, 2))
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        model.fit(**kwargs, epochs=3, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    ours = trained(**fit_input({"x": SeededBatches(x, y, 8, seed=4)}))
+    for a, b in zip(ours, trained(x=SeededBatches(x, y, 8, seed=4)), strict=True):
+        np.testing.assert_array_equal(a, b)

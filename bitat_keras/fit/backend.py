@@ -1,6 +1,7 @@
 """Where the backends differ, in one place: which steps are traced and how, eager
-gradients, how a batch is split over devices (and the loss scaled for it), and how many
-processes train. Every other module calls these instead of testing the backend's name.
+gradients, how a batch is split over devices (and the loss scaled for it), how many
+processes train, and the tf.data pipeline that feeds ``fit`` under TensorFlow. Every other
+module calls these instead of testing the backend's name.
 
 TensorFlow and JAX are imported here only inside the functions, from the backend Keras
 already imported: ``import bitat_keras`` needs neither.
@@ -12,6 +13,7 @@ import numpy as np
 __all__ = [
     "batch_splits",
     "gradient",
+    "untuned_pipeline",
     "jax_process_count",
     "jit_compile",
     "multi_worker_strategy",
@@ -102,6 +104,42 @@ def batch_splits():
             mesh = dist.device_mesh
             return int(mesh.shape[list(mesh.axis_names).index(axis)]), "shards"
     return 1, None
+
+
+def untuned_pipeline(batches, example):
+    """A tf.data pipeline of the batches that the generator ``batches()`` yields, prefetched
+    without tf.data's autotuning, for ``fit`` under TensorFlow without a ``tf.distribute``
+    strategy; None elsewhere (Keras takes the batches as they are).
+
+    Keras turns a ``keras.utils.PyDataset`` into an autotuned pipeline. Deleting an
+    autotuned iterator (when every ``fit`` returns, and Keras has already opened the next
+    pass) waits for its background thread: up to seconds per call on a
+    small model, tens of seconds on a large one on a busy machine. One ``fit`` per phase
+    pays that at every phase.
+
+    Args:
+        batches: a function returning a generator of batches (tuples of arrays).
+        example: one batch (a tuple of arrays): the pipeline's dtypes and shapes.
+
+    Example:
+        >>> untuned_pipeline(lambda: iter([(x, y)]), (x, y))  # doctest: +SKIP
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf  # already imported by the backend
+
+    if tf.distribute.has_strategy():
+        return None
+    signature = tuple(
+        tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)) for a in example
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (
+        tf.data.Dataset.from_generator(batches, output_signature=signature)
+        .prefetch(2)
+        .with_options(options)
+    )
 
 
 def per_replica(loss):

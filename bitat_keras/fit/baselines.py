@@ -7,7 +7,7 @@ import numpy as np
 
 from bitat_keras.fit.backend import jit_compile
 from bitat_keras.fit.batchnorm import recalibrate_batchnorm
-from bitat_keras.fit.data import TrainData, with_sample_weight
+from bitat_keras.fit.data import TrainData, fit_input, with_sample_weight
 from bitat_keras.fit.distill import Distiller
 from bitat_keras.fit.multi_worker import keras_fit_fixes
 from bitat_keras.fit.teacher import check_pretrained
@@ -41,7 +41,10 @@ def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
     order = int(np.random.randint(2**31 - 1))
     with keras_fit_fixes():
         trainer.fit(
-            **data.fit_kwargs(order), epochs=epochs, verbose=verbose, callbacks=callbacks or []
+            **fit_input(data.fit_kwargs(order)),
+            epochs=epochs,
+            verbose=verbose,
+            callbacks=callbacks or [],
         )
     recalibrate_batchnorm(model, data.batches(20, seed=0))
 

@@ -1,6 +1,7 @@
 """Uniform access to training data given as numpy arrays, augmented numpy batches
 (``SeededBatches`` with ``augment``) or a tf.data.Dataset."""
 
+import itertools
 import math
 
 import keras
@@ -167,7 +168,11 @@ class SeededBatches(keras.utils.PyDataset):
         return self.steps
 
     def __getitem__(self, index):
-        p, j = divmod(self.epoch * self.steps + index, self.per_pass)
+        return self.batch(index, self.epoch)
+
+    def batch(self, index, epoch):
+        """Batch ``index`` of Keras epoch ``epoch`` (what ``__getitem__`` gives in that epoch)."""
+        p, j = divmod(epoch * self.steps + index, self.per_pass)
         rows = np.sort(self._order(p)[j * self.batch_size : (j + 1) * self.batch_size])
         x = self.x[rows]
         if self.augment is not None:  # the whole batch, so every process draws the same
@@ -182,6 +187,38 @@ class SeededBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.epoch += 1
+
+
+def fit_input(kwargs):
+    """``fit`` arguments whose ``SeededBatches`` reach Keras as the batches Keras would draw
+    from them (one ``on_epoch_end`` before the first pass, one after each), through
+    ``backend.untuned_pipeline`` where that applies (TensorFlow: no wait for tf.data's
+    autotuning thread when ``fit`` returns). The pipeline runs pass after pass through one
+    iterator, ``steps_per_epoch`` batches per Keras epoch.
+
+    Args:
+        kwargs: the keyword arguments for ``fit``.
+
+    Returns:
+        The arguments, ``x`` replaced (and ``steps_per_epoch`` set) where that applies.
+
+    Example:
+        >>> model.fit(**fit_input(data.fit_kwargs(seed=0)), epochs=2)  # doctest: +SKIP
+    """
+    batches = kwargs.get("x")
+    if not isinstance(batches, SeededBatches):
+        return kwargs
+    first = batches.epoch + 1  # Keras' fit calls on_epoch_end once before the first pass
+
+    def passes():
+        for epoch in itertools.count(first):
+            for i in range(len(batches)):
+                yield batches.batch(i, epoch)
+
+    dataset = backend.untuned_pipeline(passes, batches.batch(0, first))
+    if dataset is None:
+        return kwargs
+    return {**kwargs, "x": dataset, "steps_per_epoch": len(batches)}
 
 
 class TrainData:

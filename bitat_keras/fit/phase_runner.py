@@ -17,7 +17,7 @@ from keras import ops
 
 from bitat_keras.fit import phases, training
 from bitat_keras.fit.batchnorm import recalibrate_batchnorm
-from bitat_keras.fit.data import TrainData
+from bitat_keras.fit.data import TrainData, fit_input
 from bitat_keras.fit.teacher import check_pretrained
 from bitat_keras.graph.binarization_plan import plan
 from bitat_keras.graph.binarize import binarize
@@ -260,7 +260,9 @@ class PhaseRunner:
         start = time.perf_counter()
         with self.trainer.phase(trainable, self.loss, lr, steps, self.example):
             hist = self.trainer.fit(
-                **kwargs, callbacks=[guard, *self.callbacks], verbose=self.verbose
+                **fit_input(kwargs),
+                callbacks=[guard, *self.callbacks],
+                verbose=self.verbose,
             )
         record.seconds[record.phase] = time.perf_counter() - start
         record.flip_rate = {  # fraction of signs that changed during the phase
