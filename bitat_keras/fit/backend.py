@@ -113,9 +113,8 @@ def untuned_pipeline(batches, example):
 
     Keras turns a ``keras.utils.PyDataset`` into an autotuned pipeline. Deleting an
     autotuned iterator (when every ``fit`` returns, and Keras has already opened the next
-    pass) waits for its background thread: up to seconds per call on a
-    small model, tens of seconds on a large one on a busy machine. One ``fit`` per phase
-    pays that at every phase.
+    pass) waits for its background thread: up to seconds per call on a small model, about
+    30 s on a large one. One ``fit`` per phase pays that at every phase.
 
     Args:
         batches: a function returning a generator of batches (tuples of arrays).
