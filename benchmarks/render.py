@@ -366,6 +366,7 @@ PER_LAYER_KINDS = (
     "batchnorm",
     "evaluate",
     "diagnostics",
+    "teacher",
     "compile",
     "other",
 )
@@ -406,7 +407,7 @@ def cost(report):
         if method not in rows:
             continue
         work = rows[method]["per_layer"]
-        cells = " | ".join(f"{work['seconds'][k]:.2f}" for k in PER_LAYER_KINDS)
+        cells = " | ".join(f"{work['seconds'].get(k, 0.0):.2f}" for k in PER_LAYER_KINDS)
         lines.append(
             f"| {method} | {cells} | {work['total_seconds']:.2f} | {work['total_steps']:.1f} | "
             f"{work['compile_steps']:.1f} |"

@@ -348,23 +348,37 @@ def _counting_cnn():
     return keras.Model(inputs, keras.layers.Dense(10)(x))
 
 
-def test_the_teacher_runs_only_in_phases_whose_loss_uses_it(digits):
-    """Counting every forward pass of every copy of the model: with distillation
-    "finetune" and no fine-tune or final phase, no phase's loss uses the teacher, and the
-    run makes exactly as many forward passes as without a teacher; "all" makes more."""
-    keras.utils.set_random_seed(0)
-    _FORWARDS["calls"] = keras.Variable(0.0, trainable=False)
-    fp = _counting_cnn()
+def _forward_counts(fp, data, distillations):
     counts = {}
-    for distillation in ("none", "finetune", "all"):
+    for distillation in distillations:
         _FORWARDS["calls"] = keras.Variable(0.0, trainable=False)
         keras.utils.set_random_seed(0)
         config = bk.BiTATConfig(
             **{**FAST, "finetune_epochs": 0, "final_epochs": 0, "distillation": distillation}
         )
-        bk.progressive_fit(fp, digits, config=config, verbose=0)
+        bk.progressive_fit(fp, data, config=config, verbose=0)
         counts[distillation] = float(ops.convert_to_numpy(_FORWARDS["calls"]))
+    return counts
+
+
+def test_the_teacher_runs_only_in_phases_whose_loss_uses_it(digits):
+    """Counting every forward pass of every copy of the model: with distillation
+    "finetune" and no fine-tune or final phase, no phase's loss uses the teacher, and the
+    run makes exactly as many forward passes as without a teacher. With "all" the teacher
+    runs once per batch of images, before the first phase, and never in a step (its logits
+    come with the labels); on augmented batches (new images at every step) it runs in
+    every step."""
+    keras.utils.set_random_seed(0)
+    _FORWARDS["calls"] = keras.Variable(0.0, trainable=False)
+    fp = _counting_cnn()
+    counts = _forward_counts(fp, digits, ("none", "finetune", "all"))
     assert counts["none"] > 0
     assert counts["finetune"] == counts["none"]
-    steps = 2 * len(digits[0]) // FAST["batch_size"]  # 2 layers x 1 epoch of quantize steps
+    batches = -(-len(digits[0]) // FAST["batch_size"])
+    assert counts["all"] == counts["none"] + batches
+    augmented = bk.datasets.augmented_batches(
+        *digits, batch_size=FAST["batch_size"], seed=0, shift=1, pipeline="numpy"
+    )
+    counts = _forward_counts(fp, augmented, ("none", "all"))
+    steps = 2 * batches  # 2 layers x 1 epoch of quantize steps
     assert counts["all"] >= counts["none"] + steps

@@ -117,8 +117,9 @@ def untuned_pipeline(batches, example):
     30 s on a large one. One ``fit`` per phase pays that at every phase.
 
     Args:
-        batches: a function returning a generator of batches (tuples of arrays).
-        example: one batch (a tuple of arrays): the pipeline's dtypes and shapes.
+        batches: a function returning a generator of batches (tuples of arrays, or of
+            dicts of arrays).
+        example: one batch: the pipeline's dtypes and shapes.
 
     Example:
         >>> untuned_pipeline(lambda: iter([(x, y)]), (x, y))  # doctest: +SKIP
@@ -129,8 +130,9 @@ def untuned_pipeline(batches, example):
 
     if tf.distribute.has_strategy():
         return None
-    signature = tuple(
-        tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)) for a in example
+    signature = tf.nest.map_structure(
+        lambda a: tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(np.asarray(a).dtype)),
+        example,
     )
     options = tf.data.Options()
     options.autotune.enabled = False

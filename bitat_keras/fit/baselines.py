@@ -29,6 +29,8 @@ def _optimizer(lr, steps, weight_decay=None):
 
 
 def _train(model, data, epochs, lr, weight_decay, teacher, verbose, callbacks):
+    if teacher is not None:
+        data.cache_teacher(teacher)  # its logits, once: the steps read them
     trainer = Distiller(model, teacher) if teacher is not None else model
     trainer.compile(
         optimizer=_optimizer(lr, epochs * data.steps, weight_decay),

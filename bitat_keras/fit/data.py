@@ -9,6 +9,7 @@ import numpy as np
 
 from bitat_keras.fit import backend
 from bitat_keras.fit.checkpoint import data_digest
+from bitat_keras.fit.distill import targets, teacher_outputs
 from bitat_keras.fit.multi_worker import batch_part, broadcast
 
 
@@ -142,16 +143,20 @@ class SeededBatches(keras.utils.PyDataset):
         steps: batches per Keras epoch (default: one pass).
         sample_weight: optional per-sample weights, yielded as each batch's third item.
         augment: ``(shift, flip)`` for ``shift_flip``, or None (no augmentation).
+        teacher_logits: optional per-sample teacher logits (``distill.teacher_outputs``),
+            yielded with the labels as each batch's targets (``distill.targets``).
 
     Example:
         >>> batches = SeededBatches(x, y, batch_size=128, seed=0, augment=(2, True))
         >>> model.fit(batches, epochs=30, shuffle=False)
     """
 
-    def __init__(self, x, y, batch_size, seed, steps=None, sample_weight=None, augment=None):
+    def __init__(self, x, y, batch_size, seed, steps=None, sample_weight=None, augment=None,
+                 teacher_logits=None):  # fmt: skip
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
         self.w = sample_weight
+        self.teacher_logits = teacher_logits
         self.augment = None if augment is None else (int(augment[0]), bool(augment[1]))
         self.part = batch_part()
         self.per_pass = math.ceil(len(x) / self.batch_size)
@@ -181,9 +186,12 @@ class SeededBatches(keras.utils.PyDataset):
         if self.part is not None:  # this process's share of the batch (keras.distribution)
             index, count = self.part
             share = slice(index * len(rows) // count, (index + 1) * len(rows) // count)
+        y = self.y[rows][share]
+        if self.teacher_logits is not None:
+            y = targets(y, self.teacher_logits[rows][share])
         if self.w is not None:
-            return x[share], self.y[rows][share], self.w[rows][share]
-        return x[share], self.y[rows][share]
+            return x[share], y, self.w[rows][share]
+        return x[share], y
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -246,6 +254,7 @@ class TrainData:
         self.weighted = False
         self._repeated = None
         self.augment = None  # (shift, flip) of augmented SeededBatches
+        self.teacher_logits = None  # a distilling run's teacher logits of x (cache_teacher)
         self.data_seed = None  # their seed: mixed into every phase's
         self.devices, self._split = backend.batch_splits()
         if isinstance(data, SeededBatches):
@@ -389,8 +398,29 @@ class TrainData:
         if self.data_seed is not None:
             seed = int(np.random.SeedSequence([self.data_seed, seed]).generate_state(1)[0])
         return SeededBatches(
-            self.x, self.y, self.batch_size, seed, steps, self.w, augment=self.augment
+            self.x,
+            self.y,
+            self.batch_size,
+            seed,
+            steps,
+            self.w,
+            augment=self.augment,
+            teacher_logits=self.teacher_logits,
         )
+
+    def cache_teacher(self, teacher):
+        """Compute the frozen ``teacher``'s logits of every training image once, to travel
+        with the labels of every training batch (``SeededBatches``), so that a distilling
+        step reads them instead of running the teacher. Only numpy arrays without
+        augmentation (an augmented or tf.data image is new at every step) whose logits fit
+        in ``distill.CACHE_BYTES``; otherwise the steps run the teacher.
+
+        Returns:
+            Whether the logits were cached.
+        """
+        if self.teacher_logits is None and self.dataset is None and self.augment is None:
+            self.teacher_logits = teacher_outputs(teacher, self.x, self.batch_size)
+        return self.teacher_logits is not None
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with

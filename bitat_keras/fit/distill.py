@@ -1,7 +1,13 @@
 """Distributional (knowledge-distillation) loss against a full-precision teacher, as in
-ReActNet: the student matches the teacher's softmax."""
+ReActNet: the student matches the teacher's softmax.
+
+The teacher is frozen and runs in inference mode, so its output for an image never changes
+during training. For training images that are not augmented, its logits are computed once
+(``teacher_outputs``) and travel with the labels as the batch's targets (``targets``):
+a distilling step then reads them instead of running the teacher's forward pass."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from bitat_keras.fit.backend import per_replica
@@ -25,11 +31,43 @@ def soft_cross_entropy(teacher_logits, logits, sample_weight=None):
     return weighted_mean(per_sample, sample_weight)
 
 
-def teacher_loss(teacher, x, y_pred, sample_weight=None):
+CACHE_BYTES = 512 * 2**20  # the largest table of teacher logits kept (float32)
+
+
+def targets(labels, teacher_logits):
+    """A batch's targets: its labels and the teacher's logits of its images."""
+    return {"labels": labels, "teacher_logits": teacher_logits}
+
+
+def split_targets(y):
+    """``(labels, teacher logits or None)`` of a batch's targets ``y``: those of
+    ``targets``, or the labels alone."""
+    if isinstance(y, dict) and set(y) == {"labels", "teacher_logits"}:
+        return y["labels"], y["teacher_logits"]
+    return y, None
+
+
+def teacher_outputs(teacher, x, batch_size):
+    """The logits (float32, shape (N, classes)) of the frozen ``teacher`` for every image
+    of ``x``, in inference mode, ``batch_size`` images per forward pass; None when they
+    would take more than ``CACHE_BYTES``."""
+    classes = int(np.prod(teacher.outputs[0].shape[1:]))
+    if len(x) * classes * 4 > CACHE_BYTES:
+        return None
+    chunks = [
+        ops.convert_to_numpy(teacher(x[i : i + batch_size], training=False))
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(chunks).astype("float32", copy=False)
+
+
+def teacher_loss(teacher, x, y_pred, sample_weight=None, teacher_logits=None):
     """The distributional loss of ``y_pred`` against the frozen ``teacher`` on the batch
-    ``x`` (run in inference mode), weighted by ``sample_weight`` (or None) and scaled per
-    replica: the loss of every distilling step, ReActNet's and BiTAT's."""
-    teacher_logits = teacher(x, training=False)
+    ``x`` (run in inference mode, unless its logits ``teacher_logits`` are given),
+    weighted by ``sample_weight`` (or None) and scaled per replica: the loss of every
+    distilling step, ReActNet's and BiTAT's."""
+    if teacher_logits is None:
+        teacher_logits = teacher(x, training=False)
     return per_replica(soft_cross_entropy(teacher_logits, y_pred, sample_weight))
 
 
@@ -41,7 +79,8 @@ class Distiller(keras.Model):
     over the batch; with per-sample weights (``fit(x, y, sample_weight=w)`` or
     ``(x, y, w)`` batches) as Keras weights its losses, ``sum(w_i * l_i) / batch_size``.
     With ``alpha > 0`` the compiled task loss is added with weight alpha.
-    The teacher is frozen and runs in inference mode. Both models must output logits.
+    The teacher is frozen and runs in inference mode, or its logits come with the batch
+    (``targets``: the labels and the teacher's logits). Both models must output logits.
     Without a teacher, the compiled task loss alone is used.
 
     Args:
@@ -67,15 +106,20 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
 
-    def distribution_loss(self, x, y_pred, sample_weight=None):
-        """The teacher term on the batch ``x``, weighted by ``sample_weight`` (or None)."""
-        return teacher_loss(self.teacher, x, y_pred, sample_weight)
+    def distribution_loss(self, x, y_pred, sample_weight=None, teacher_logits=None):
+        """The teacher term on the batch ``x`` (or its ``teacher_logits``), weighted by
+        ``sample_weight`` (or None)."""
+        return teacher_loss(self.teacher, x, y_pred, sample_weight, teacher_logits)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y, teacher_logits = split_targets(y)
         if self.teacher is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        loss = self.distribution_loss(x, y_pred, sample_weight)
+        loss = self.distribution_loss(x, y_pred, sample_weight, teacher_logits)
         if self.alpha:
             task = super().compute_loss(x, y, y_pred, sample_weight, training=training)
             loss = loss + self.alpha * task
         return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, split_targets(y)[0], y_pred, sample_weight)

@@ -47,7 +47,8 @@ class PhaseRecord(collections.abc.Mapping):
         phase: ``"activations"``, ``"quantize"``, ``"finetune"`` or ``"final"``.
         seconds: wall seconds by kind of work: the phase's own kind (its optimizer steps,
             tracing included), ``statistics``, ``grouping``, ``pca``, ``thresholds``,
-            ``batchnorm``, ``evaluate``, ``diagnostics``.
+            ``batchnorm``, ``evaluate``, ``diagnostics``, ``teacher`` (its logits of the
+            training images, in the first distilling phase).
         epochs, steps: the phase's epochs and optimizer steps per epoch.
         loss, accuracy: the training loss and accuracy per epoch.
         compile_seconds: seconds spent tracing the phase's step (inside its own kind).
@@ -249,6 +250,9 @@ class PhaseRunner:
 
     def fit(self, record, lr, epochs, trainable, seed):
         guard = phases.PhaseMonitor()
+        if self.trainer.distilling and self.data.teacher_logits is None:  # once, if it can
+            with timed(record, "teacher"):
+                self.data.cache_teacher(self.trainer.teacher)
         kwargs, steps = self.data.phase_kwargs(epochs, seed)
         layers = {name: self.net.get_layer(name) for name in self.names}
         moving = {  # binarized kernels that train in this phase: their sign flips are logged

@@ -10,7 +10,8 @@ it starts each phase with a fresh optimizer.
 - ``PhaseTrainer``: the model ``fit`` runs. Each phase traces its own train step
   (``phase``): only the phase's trainable weights are differentiated, so the backward
   pass stops at the lowest layer that trains (every layer below is frozen); the teacher runs
-  only in a phase whose loss uses it; only the quantized block's Eq. 13 terms are computed.
+  only in a phase whose loss uses it (not at all where its logits come with the batch:
+  ``distill.targets``); only the quantized block's Eq. 13 terms are computed.
 
 The returned model is rebuilt from plain ``BinaryConv2D`` layers (``clean_model``), so it
 converts to LCE exactly like any other binary model.
@@ -26,7 +27,7 @@ from keras import ops
 
 from bitat_keras.fit import backend, training
 from bitat_keras.fit.backend import per_replica
-from bitat_keras.fit.distill import teacher_loss
+from bitat_keras.fit.distill import split_targets, teacher_loss
 from bitat_keras.nn.layers import BinaryConv2D
 
 __all__ = [
@@ -290,9 +291,11 @@ class PhaseTrainer(keras.Model):
         """The task loss or (distilling) the teacher term, both weighted by
         ``sample_weight`` as Keras weights a loss (``sum(w_i * l_i) / batch_size``); in
         training, plus the Eq. 13 terms (Eq. 13) of the block being quantized. The teacher
-        runs only when distilling, the block terms only for that block."""
+        runs only when distilling and its logits did not come with the batch (``y``: the
+        labels, or ``distill.targets``), the block terms only for that block."""
+        y, teacher_logits = split_targets(y)
         if self.distilling:
-            loss = teacher_loss(self.teacher, x, y_pred, sample_weight)
+            loss = teacher_loss(self.teacher, x, y_pred, sample_weight, teacher_logits)
         else:
             loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         if not training:
@@ -301,6 +304,9 @@ class PhaseTrainer(keras.Model):
         if self.block is not None:
             loss = loss + per_replica(sum(self.block_terms(self.block)))
         return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, split_targets(y)[0], y_pred, sample_weight)
 
 
 class PhaseMonitor(keras.callbacks.Callback):

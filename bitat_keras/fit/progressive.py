@@ -70,7 +70,8 @@ class BiTATResult:
         (``quantize``, ``finetune``, ``final``, ``activations``), ``statistics`` (input
         statistics and the penalty's normaliser), ``grouping``, ``pca``, ``thresholds``,
         ``batchnorm`` (re-estimation), ``evaluate``, ``diagnostics`` (the gradient ratio
-        and the penalty read-out of the history); plus ``compile`` (tracing, inside the
+        and the penalty read-out of the history), ``teacher`` (the teacher's logits of the
+        training images); plus ``compile`` (tracing, inside the
         training kinds), ``other`` (the rest of the wall time: building the gated
         network, checkpoints, the returned model), ``overhead`` (wall time that was not a
         traced training step) and ``overhead_share`` (of ``seconds``). For a resumed run
