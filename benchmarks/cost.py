@@ -138,20 +138,25 @@ def bitat_steps(result, timer):
     return out
 
 
-def per_layer_work(result, layers, step_seconds):
-    """BiTAT's seconds outside its optimizer steps, per layer, by kind, and in steps of
-    ``step_seconds`` (a steady step of the same network): ``total`` is the work between
-    steps (statistics, grouping, PCA, BatchNorm re-estimation, validation, checkpoints,
-    the rest of the loop), ``compile`` the tracing of the phases' steps, apart."""
-    kinds = result.seconds_by_kind()
+def per_layer_work(kinds, layers, step_seconds):
+    """BiTAT's seconds outside its optimizer steps (``kinds``: its ``seconds_by_kind()``),
+    per layer, by kind, and in steps of ``step_seconds`` (a steady step of the same
+    network): ``total`` is the work between steps (statistics, grouping, PCA, BatchNorm
+    re-estimation, validation, checkpoints, the rest of the loop), ``compile`` the tracing
+    of the phases' steps, apart. The teacher's logits are computed once per run, not per
+    layer: ``teacher_seconds`` (and ``teacher_steps``), outside ``total``."""
     seconds = {k: kinds.get(k, 0.0) / layers for k in PER_LAYER_KINDS}
-    total = (kinds["overhead"] - kinds["compile"]) / layers
+    teacher = kinds.get("teacher", 0.0)
+    total = (kinds["overhead"] - kinds["compile"] - teacher) / layers
     return {
         "seconds": seconds,
         "total_seconds": total,
         "steps": {k: v / step_seconds for k, v in seconds.items()},
         "total_steps": total / step_seconds,
         "compile_steps": seconds["compile"] / step_seconds,
+        "teacher_seconds": teacher,
+        "teacher_steps": teacher / step_seconds,
+        "step_seconds": step_seconds,
         "overhead_share": kinds["overhead_share"],
     }
 
@@ -183,7 +188,9 @@ def run_method(method, fp, train, epochs, batch, seed):
         row["step_ms"] = bitat_steps(result, timer)
         layers = sum(h["phase"] == "quantize" for h in result.history)
         row["per_layer"] = per_layer_work(
-            result, layers, float(np.median([s for f in timer.fits for s in f[1:]]))
+            result.seconds_by_kind(),
+            layers,
+            float(np.median([s for f in timer.fits for s in f[1:]])),
         )
         row["seconds_by_kind"] = result.seconds_by_kind()
         row["traces"] = result.traces

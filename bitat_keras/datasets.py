@@ -523,7 +523,7 @@ def augmented_batches(x, y, *, batch_size, seed=0, shift=2, flip=True, pipeline=
     if pipeline == "auto":
         pipeline = "tf.data" if _has_tensorflow() else "numpy"
     if pipeline == "numpy":
-        from bitat_keras.fit.data import SeededBatches
+        from bitat_keras.fit.batches import SeededBatches
 
         y = y.astype("int32")
         return SeededBatches(x, y, int(batch_size), int(seed), augment=(int(shift), bool(flip)))

@@ -506,6 +506,13 @@ def test_cost_script_times_every_method_and_bitats_work_per_layer(tmp_path):
         assert steps + kinds["overhead"] - kinds["compile"] == pytest.approx(row["seconds"])
         work = row["per_layer"]
         assert work["total_steps"] > 0 and work["seconds"]["compile"] > 0
+        # the teacher's logits (once per run) apart: per-layer work and that pass add up
+        # to the overhead outside tracing
+        assert (work["teacher_seconds"] > 0) == (method == "bitat_distill")
+        layers = report["layers"]
+        assert work["total_seconds"] * layers + work["teacher_seconds"] == pytest.approx(
+            kinds["overhead"] - kinds["compile"]
+        )
     assert set(report["targets"]) >= {"bitat_over_naive_ste", "bitat_distill_over_reactnet"}
     text = (tmp_path / "cost_mini_tensorflow.md").read_text()
     assert "| bitat |" in text and "per layer" in text

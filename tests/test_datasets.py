@@ -608,7 +608,7 @@ def test_fit_input_yields_keras_batches_and_trains_to_the_same_weights():
     on_epoch_end), and the same trained weights as Keras' own conversion (the oracle)."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the pipeline replaces the PyDataset under TensorFlow only")
-    from bitat_keras.fit.data import SeededBatches, fit_input
+    from bitat_keras.fit.batches import SeededBatches, fit_input
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(23, 5, 5, 2)).astype("float32")

@@ -3,7 +3,7 @@ import numpy as np
 from keras import ops
 
 from bitat_keras.fit import distill
-from bitat_keras.fit.data import SeededBatches, fit_input
+from bitat_keras.fit.batches import SeededBatches, fit_input
 from bitat_keras.fit.distill import (
     Distiller,
     split_targets,

@@ -185,6 +185,7 @@ def assert_same_training(
     alpha_rtol=ALPHA_RTOL,
     fraction=WEIGHT_FRACTION,
     sign_fraction=1.0,
+    weight_atol=WEIGHT_ATOL,
 ):
     """``other``'s run (``folder/other.npz|json``) matches ``reference``'s within the
     tolerances of this module's docstring (looser ones for a deeper network: see
@@ -204,8 +205,8 @@ def assert_same_training(
         alpha_a, alpha_b = np.abs(wa).mean((0, 1, 2)), np.abs(wb).mean((0, 1, 2))
         np.testing.assert_allclose(alpha_b, alpha_a, rtol=alpha_rtol, err_msg=f"{name}: alpha")
     diffs = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a.files])
-    close = float(np.mean(diffs <= WEIGHT_ATOL))
-    assert close >= fraction, f"only {close:.2%} of the weights agree to {WEIGHT_ATOL}"
+    close = float(np.mean(diffs <= weight_atol))
+    assert close >= fraction, f"only {close:.2%} of the weights agree to {weight_atol}"
     bound = ref["lr"] * ref["steps"]
     for k in ref["trainable"]:
         worst = float(np.abs(a[k] - b[k]).max())

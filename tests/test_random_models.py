@@ -105,7 +105,9 @@ def _check(seed):
     if not untrained <= REL_TOL:
         failures.append(f"untrained: {untrained:.2e}")
     bnn.compile(keras.optimizers.Adam(1e-2), bk.training.task_loss())
-    bnn.fit(x, y, epochs=3, batch_size=3, verbose=0)
+    # even batches: TensorFlow 2.21's oneDNN kernels corrupt memory (abort or segfault)
+    # training a 1x1 stride-2 conv on odd batch sizes on some x86 CPUs (seen on an AMD EPYC)
+    bnn.fit(x, y, epochs=3, batch_size=2, verbose=0)
     tied = tied_samples(bnn, x)
     assert len(tied) <= 1, f"seed {seed}: samples {sorted(tied)} sit on a threshold"
     trained = parity(bnn, np.delete(x, sorted(tied), axis=0))

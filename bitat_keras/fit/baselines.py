@@ -6,8 +6,9 @@ import keras
 import numpy as np
 
 from bitat_keras.fit.backend import jit_compile
+from bitat_keras.fit.batches import fit_input
 from bitat_keras.fit.batchnorm import recalibrate_batchnorm
-from bitat_keras.fit.data import TrainData, fit_input, with_sample_weight
+from bitat_keras.fit.data import TrainData, with_sample_weight
 from bitat_keras.fit.distill import Distiller
 from bitat_keras.fit.multi_worker import keras_fit_fixes
 from bitat_keras.fit.teacher import check_pretrained

@@ -16,8 +16,9 @@ import keras
 from keras import ops
 
 from bitat_keras.fit import phases, training
+from bitat_keras.fit.batches import fit_input
 from bitat_keras.fit.batchnorm import recalibrate_batchnorm
-from bitat_keras.fit.data import TrainData, fit_input
+from bitat_keras.fit.data import TrainData
 from bitat_keras.fit.teacher import check_pretrained
 from bitat_keras.graph.binarization_plan import plan
 from bitat_keras.graph.binarize import binarize
