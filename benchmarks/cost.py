@@ -187,12 +187,12 @@ def run_method(method, fp, train, epochs, batch, seed):
         model, seconds = result.model, result.seconds
         row["step_ms"] = bitat_steps(result, timer)
         layers = sum(h["phase"] == "quantize" for h in result.history)
+        row["seconds_by_kind"] = result.seconds_by_kind()
         row["per_layer"] = per_layer_work(
-            result.seconds_by_kind(),
+            row["seconds_by_kind"],
             layers,
             float(np.median([s for f in timer.fits for s in f[1:]])),
         )
-        row["seconds_by_kind"] = result.seconds_by_kind()
         row["traces"] = result.traces
         row["config"] = config.to_dict()
     row["seconds"] = seconds
