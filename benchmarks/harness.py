@@ -101,8 +101,21 @@ def log(msg):
 def host():
     """The machine a row's seconds were measured on: the kernel release, which tells this
     project's kinds of host apart (their speeds differ about 2.3x; one kind's by up to 1.5x
-    between sessions), and the CPU count."""
-    return f"{platform.release()}, {os.cpu_count()} CPUs"
+    between sessions), the CPU model where Linux names it (hosts of one kernel release have
+    come with different CPUs), and the CPU count."""
+    return ", ".join(filter(None, [platform.release(), cpu_model(), f"{os.cpu_count()} CPUs"]))
+
+
+def cpu_model():
+    """The CPU's model name from ``/proc/cpuinfo`` ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def scaled_schedule(config, total_epochs, layers):
