@@ -7,7 +7,7 @@ jitted forward, on the benchmark presets' networks.
 
 For each network, ``--calls`` re-estimations of 20 batches of
 the preset's batch size (random images: the time does not depend on the values), first with
-the eager loop (``backend.traced_statistics`` patched to False for the call, the path every other
+the eager loop (``backend.traced_forward`` patched to False for the call, the path every other
 backend takes), then jitted. The first call of each includes its compilation (JAX compiles
 each eager operation on its first use too); the later ones are what each further phase costs.
 The two paths' moving statistics are compared after the last call. Writes
@@ -54,9 +54,9 @@ def moving_statistics(model):
 
 def time_calls(model, batches, calls, jitted):
     """Seconds of each of ``calls`` re-estimations, and the moving statistics after them."""
-    patched = backend.traced_statistics
+    patched = backend.traced_forward
     if not jitted:
-        backend.traced_statistics = lambda: False
+        backend.traced_forward = lambda: False
     try:
         seconds = []
         for _ in range(calls):
@@ -65,7 +65,7 @@ def time_calls(model, batches, calls, jitted):
             assert done == len(batches)
             seconds.append(time.perf_counter() - start)
     finally:
-        backend.traced_statistics = patched
+        backend.traced_forward = patched
     return seconds, moving_statistics(model)
 
 

@@ -7,8 +7,12 @@ TensorFlow and JAX are imported here only inside the functions, from the backend
 already imported: ``import bitat_keras`` needs neither.
 """
 
+import weakref
+
 import keras
 import numpy as np
+
+from bitat_keras.graph.structure import model_inputs
 
 __all__ = [
     "batch_splits",
@@ -18,8 +22,9 @@ __all__ = [
     "jit_compile",
     "multi_worker_strategy",
     "per_replica",
+    "stateless_forward",
     "trace",
-    "traced_statistics",
+    "traced_forward",
 ]
 
 
@@ -30,9 +35,9 @@ def jit_compile():
     return keras.backend.backend() == "jax"
 
 
-def traced_statistics():
-    """Whether BatchNorm re-estimation runs traced forward passes: under JAX and
-    TensorFlow (torch runs them eagerly)."""
+def traced_forward():
+    """Whether the forward passes outside ``fit`` (BatchNorm re-estimation, the teacher's
+    logits) run traced: under JAX and TensorFlow (torch runs them eagerly)."""
     return keras.backend.backend() in ("jax", "tensorflow")
 
 
@@ -45,6 +50,45 @@ def trace(fn):
     import tensorflow as tf  # already imported by the backend
 
     return tf.function(fn, reduce_retracing=True)
+
+
+def stateless_forward(model, training):
+    """A forward pass of ``model`` that reads its variables' values at every call and
+    leaves them as they are: ``forward(x) -> (outputs, non_trainable_values)``, the values
+    the non-trainable variables (BatchNorm's moving statistics) would take. Traced once
+    (``trace``) where ``traced_forward()``, so that every later batch of the same shape
+    runs the trace instead of dispatching each operation; eager under torch.
+
+    Args:
+        model: a built Keras model (kept by a weak reference: the forward does not keep
+            it alive).
+        training: the mode of the pass (True: BatchNorm normalizes with the batch's
+            statistics and returns updated moving statistics).
+
+    Returns:
+        The function ``forward(x)``.
+
+    Example:
+        >>> logits, _ = stateless_forward(model, training=False)(images)  # doctest: +SKIP
+    """
+    ref = weakref.ref(model)
+
+    def call(trainable, non_trainable, x):
+        net = ref()
+        return net.stateless_call(trainable, non_trainable, model_inputs(net, x), training=training)
+
+    compiled = trace(call) if traced_forward() else call
+    convert = keras.ops.convert_to_tensor
+
+    def forward(x):
+        net = ref()
+        return compiled(
+            [convert(v) for v in net.trainable_variables],
+            [convert(v) for v in net.non_trainable_variables],
+            convert(x),
+        )
+
+    return forward
 
 
 def gradient(fn, variable):

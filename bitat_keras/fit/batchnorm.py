@@ -7,7 +7,7 @@ import weakref
 import keras
 
 from bitat_keras.fit import backend
-from bitat_keras.graph.structure import call_model, model_inputs
+from bitat_keras.graph.structure import call_model
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -48,7 +48,7 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
     try:
         for bn in others:
             bn.momentum = 1.0  # keep their statistics: only ``layers`` are re-estimated
-        if backend.traced_statistics():
+        if backend.traced_forward():
             for bn in bns:
                 bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
             count = _average_batch_statistics(net, bns, batches, reuse_key)
@@ -74,26 +74,13 @@ def _average_batch_statistics(net, bns, batches, reuse_key=None):
     compiled = _STATISTICS_FORWARD.setdefault(net, {})
     key = (reuse_key, tuple(id(bn) for bn in bns))
     if reuse_key is None or key not in compiled:
-        model = weakref.ref(net)  # the cache must not keep the network alive
-
-        def updated(trainable, non_trainable, x):
-            inputs = model_inputs(model(), x)
-            _, non_trainable = model().stateless_call(
-                trainable, non_trainable, inputs, training=True
-            )
-            return non_trainable
-
-        compiled[key] = backend.trace(updated)
+        compiled[key] = backend.stateless_forward(net, training=True)
     forward = compiled[key]
     position = {id(v): i for i, v in enumerate(net.non_trainable_variables)}
     targets = [v for bn in bns for v in (bn.moving_mean, bn.moving_variance)]
     count, means = 0, None
     for count, x in enumerate(batches, start=1):
-        values = forward(
-            [keras.ops.convert_to_tensor(v) for v in net.trainable_variables],
-            [keras.ops.convert_to_tensor(v) for v in net.non_trainable_variables],
-            keras.ops.convert_to_tensor(x),
-        )
+        _, values = forward(x)
         batch = [values[position[id(v)]] for v in targets]
         if means is None:
             means = batch

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from bitat_keras.fit.backend import per_replica, trace, traced_statistics
+from bitat_keras.fit.backend import per_replica, stateless_forward
 
 
 def weighted_mean(per_sample, sample_weight=None):
@@ -55,29 +55,14 @@ def teacher_outputs(teacher, x, batch_size):
     classes = int(np.prod(teacher.outputs[0].shape[1:]))
     if len(x) * classes * 4 > CACHE_BYTES:
         return None
-    if traced_statistics():  # JAX, TensorFlow: a traced forward, not op-by-op dispatch
-        traced = trace(
-            lambda trainable, non_trainable, images: teacher.stateless_call(
-                trainable, non_trainable, images, training=False
-            )[0]
-        )
-        state = [teacher.trainable_variables, teacher.non_trainable_variables]
-        state = [[ops.convert_to_tensor(v) for v in part] for part in state]
-
-        def forward(images):
-            return traced(*state, ops.convert_to_tensor(images))
-    else:
-
-        def forward(images):
-            return teacher(images, training=False)
-
+    forward = stateless_forward(teacher, training=False)
     chunks = []
     for i in range(0, len(x), batch_size):
         images = x[i : i + batch_size]
         rows = len(images)
         if rows < batch_size and len(x) > batch_size:  # the shape of every other batch
             images = np.concatenate([images, np.zeros_like(x[: batch_size - rows])])
-        chunks.append(ops.convert_to_numpy(forward(images))[:rows])
+        chunks.append(ops.convert_to_numpy(forward(images)[0])[:rows])
     return np.concatenate(chunks).astype("float32", copy=False)
 
 
