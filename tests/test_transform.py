@@ -8,6 +8,7 @@ from keras import ops
 import bitat_keras as bk
 from bitat_keras.method import transform
 from bitat_keras.method.block import BlockTransform
+from bitat_keras.method.kmeans import kmeans
 from bitat_keras.method.statistics import patch_rows
 
 
@@ -138,6 +139,43 @@ def test_kmeans_groups_identical_dimensions_together():
     ids, k = transform.group_ids(rows, 4, "kmeans", seed=0)
     assert k == 4
     assert all(len(set(ids[i * 5 : (i + 1) * 5])) == 1 for i in range(4))
+
+
+def sign_rows(d, seed):
+    """im2col-like rows: 1024 signs of d dimensions that share 16 latent factors."""
+    rng = np.random.default_rng(seed)
+    z, w = rng.normal(size=(1024, 16)), rng.normal(size=(16, d))
+    return np.sign(z @ w + 0.5 * rng.normal(size=(1024, d))).astype(np.float32)
+
+
+def within_cluster_sum(points, ids):
+    """k-means' objective: squared distances of the points to their groups' means."""
+    return sum(((points[ids == j] - points[ids == j].mean(0)) ** 2).sum() for j in np.unique(ids))
+
+
+@pytest.mark.parametrize("d", [96, 300])
+def test_kmeans_is_a_lloyd_fixed_point_as_tight_as_scikit_learns(d):
+    from sklearn.cluster import KMeans
+
+    points = sign_rows(d, d).T
+    ids = kmeans(points, 12, seed=0)
+    used = np.unique(ids)
+    centres = np.stack([points[ids == j].mean(0) for j in used])
+    # the oracle's distances: an explicit difference per point and centre, float64
+    dist = ((points[:, None, :].astype(np.float64) - centres[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(used[np.argmin(dist, 1)], ids)  # converged: nearest centre
+    # as tight as scikit-learn's KMeans (one seeding each), on average over four seeds
+    seeds = range(4)
+    mine = [within_cluster_sum(points, kmeans(points, 12, seed=s)) for s in seeds]
+    oracle = [KMeans(n_clusters=12, n_init=1, random_state=s).fit(points).inertia_ for s in seeds]
+    assert np.mean(mine) <= 1.01 * np.mean(oracle)
+    np.testing.assert_array_equal(kmeans(points, 12, seed=0), ids)  # seeded: the same groups
+
+
+def test_kmeans_rejects_more_centres_than_points():
+    with pytest.raises(ValueError, match="1 <= k <= 5 points. Received k=6"):
+        kmeans(np.zeros((5, 3)), 6)
+    assert kmeans(np.zeros((5, 3)), 5).shape == (5,)  # identical points: any labels, no error
 
 
 def test_small_layers_use_identity_and_bad_groups_are_rejected():

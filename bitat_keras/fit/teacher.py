@@ -18,6 +18,7 @@ from bitat_keras.graph.structure import flatten_model
 SAMPLES = 512  # training images the check scores
 BATCHES = 8  # batches that re-estimate stale BatchNorm statistics
 NEAR_CHANCE = 0.1  # near chance: within this share of the way from chance to 100 %
+BATCH_VALUES = 64 * 224 * 224 * 3  # input values per scoring batch
 
 
 def near_chance(accuracy, chance):
@@ -25,11 +26,15 @@ def near_chance(accuracy, chance):
     return accuracy <= chance + NEAR_CHANCE * (1.0 - chance)
 
 
-def accuracies(model, x, y, batch_size=64):
+def accuracies(model, x, y, batch_size=None):
     """``(inference, batch_statistics)``: top-1 accuracy of ``model`` on ``(x, y)`` with
     its BatchNorm moving statistics, and with each batch's own statistics (training mode,
     through ``stateless_call``: the model's variables are not changed). Batches of
-    ``batch_size`` bound the memory a large input (224x224) needs."""
+    ``batch_size`` images (default: as many as hold ``BATCH_VALUES`` input values, 64 at
+    224x224x3) bound the memory a large input needs; small images go in few eager calls,
+    each of which costs more than its arithmetic on a small network."""
+    if batch_size is None:
+        batch_size = max(1, BATCH_VALUES // int(np.prod(np.shape(x)[1:])))
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     inference, batch = [], []

@@ -1,13 +1,14 @@
 """BiTAT's dependency transform: input statistics, reduction matrix P, PCA init of s and V,
 block expansion (Eq. 11), PadCol stacking (Eq. 12) and the Eq. 13 penalty.
 
-The statistics side (patches, k-means, PCA) is numpy/scikit-learn and runs once per layer;
+The statistics side (patches, k-means, PCA) is numpy and runs once per layer;
 the penalty side is ``keras.ops`` and runs in every training step on any backend.
 """
 
 import numpy as np
 from keras import ops
 
+from bitat_keras.method.kmeans import kmeans
 from bitat_keras.nn.layers import same_paddings
 
 TRANSFORMS = ("aggregated", "cross", "intra", "filter", "none")
@@ -77,11 +78,8 @@ def group_ids(x, groups, method="kmeans", *, kernel_shape=None, seed=0, max_iter
     if slot_size(d, groups) == d:
         return np.arange(d), d
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
         points = np.asarray(x, dtype=np.float32).T  # one point per input dimension
-        km = KMeans(n_clusters=groups, n_init=1, max_iter=max_iter, random_state=seed)
-        ids = km.fit_predict(points)
+        ids = kmeans(points, groups, seed=seed, max_iter=max_iter)
     elif method == "filter":
         if kernel_shape is None:
             raise ValueError("The 'filter' grouping needs `kernel_shape` (kh, kw, cin).")
