@@ -7,8 +7,8 @@ jitted forward, on the benchmark presets' networks.
 
 For each network, ``--calls`` re-estimations of 20 batches of
 the preset's batch size (random images: the time does not depend on the values), first with
-the eager loop (``backend.traced_forward`` patched to False for the call, the path every other
-backend takes), then jitted. The first call of each includes its compilation (JAX compiles
+eager forward passes (``backend.traced_forward`` patched to False for the call, the path torch
+takes), then jitted. The first call of each includes its compilation (JAX compiles
 each eager operation on its first use too); the later ones are what each further phase costs.
 The two paths' moving statistics are compared after the last call. Writes
 ``batchnorm_time.json``, ``.md`` and ``.png`` to ``--out``.
@@ -16,7 +16,6 @@ The two paths' moving statistics are compared after the last call. Writes
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -61,7 +60,7 @@ def time_calls(model, batches, calls, jitted):
         seconds = []
         for _ in range(calls):
             start = time.perf_counter()
-            done = training.recalibrate_batchnorm(model, batches, reuse_key="benchmark")
+            done = training.recalibrate_batchnorm(model, batches, reuse_key=f"jit {jitted}")
             assert done == len(batches)
             seconds.append(time.perf_counter() - start)
     finally:
@@ -117,7 +116,8 @@ def main(argv=None):
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "jax": jax.__version__,
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}",
+        "machine": harness.host(),
+        "device": jax.devices()[0].platform,
         "calls": args.calls,
         "rows": rows,
     }

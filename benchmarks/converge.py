@@ -15,12 +15,11 @@ Points at each learning rate are kept (a run adds epoch counts to those of its r
 import argparse
 import json
 import os
-import platform
 import sys
 
 import keras
 import render
-from harness import BASELINES, PRESETS, Bench, earlier_report, log
+from harness import BASELINES, PRESETS, Bench, earlier_report, host, log
 from render import converged
 
 
@@ -86,7 +85,7 @@ def write(preset, out_dir, method, seed, record, settings, points, earlier=()):
         "method": method,
         "seed": seed,
         "command": "python benchmarks/converge.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": host(),
         "backend": keras.backend.backend(),
         "teacher": {k: v for k, v in record.items() if k != "key"},
         "learning_rate": settings["baseline_lr"][method],

@@ -106,6 +106,13 @@ def host():
     return ", ".join(filter(None, [platform.release(), cpu_model(), f"{os.cpu_count()} CPUs"]))
 
 
+def machine_name(report):
+    """The machine a report's JSON names: its ``machine`` string (``host()``), or the
+    ``platform`` of the dict that earlier reports recorded."""
+    machine = report.get("machine", "")
+    return machine.get("platform", "") if isinstance(machine, dict) else machine
+
+
 def cpu_model():
     """The CPU's model name from ``/proc/cpuinfo`` ("" where there is none)."""
     try:

@@ -21,7 +21,6 @@ benchmarks/results/latency.json and .md.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -163,8 +162,7 @@ def run(networks, runs, out_dir):
     start = time.perf_counter()
     report = {
         "command": "python benchmarks/latency.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.platform()}, {platform.processor() or 'cpu'}, "
-        f"{os.cpu_count()} CPUs",
+        "machine": harness.host(),
         "backend": keras.backend.backend(),
         "runs": runs,
         "networks": {},

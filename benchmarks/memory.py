@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -181,7 +180,7 @@ def run(size, out_dir, seed=0):
     second, last = layers[1], layers[-1]
     report = {
         "command": " ".join(["python benchmarks/memory.py", *sys.argv[1:]]),
-        "machine": f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": harness.host(),
         "backend": keras.backend.backend(),
         "versions": {"keras": keras.__version__, "numpy": np.__version__},
         "size": size,

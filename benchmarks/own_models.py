@@ -16,7 +16,6 @@ Run one model at a time (results merge into ``results/own_models.json``)::
 
 import argparse
 import os
-import platform
 import time
 
 import figures  # beside this file: on sys.path when run as a script
@@ -130,10 +129,8 @@ def main(argv=None):
     for name in args.models.split(","):
         results["runs"].setdefault(name, {})[str(args.seed)] = run(name, args.seed)
         results["command"] = "python benchmarks/own_models.py --models MODEL --seed N"
-        results["machine"] = (
-            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"keras {keras.__version__} ({keras.backend.backend()} backend)"
-        )
+        results["machine"] = harness.host()
+        results["versions"] = f"keras {keras.__version__} ({keras.backend.backend()} backend)"
         render.write_report(results, os.path.join(RESULTS, "own_models"))
         figures.own_models(results, os.path.join(RESULTS, "own_models.png"))
 

@@ -16,7 +16,6 @@ benchmarks/results/<preset>.json, <preset>.md and <preset>_accuracy_vs_cost.png.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,7 +31,9 @@ from harness import (
     budget_name,
     deployment,
     earlier_report,
+    host,
     log,
+    machine_name,
     same_settings,
 )
 from render import mean_and_error, paired_seeds, row_order  # noqa: F401  (row_order: tests)
@@ -153,12 +154,7 @@ def summarize(bench, previous=None):
         "preset": bench.name,
         "settings": settings,
         "command": "python benchmarks/paper_table.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": host(),
         "backend": keras.backend.backend(),
         "keras": keras.__version__,
         "bitat_defaults": bk.BiTATConfig().to_dict(),
@@ -240,7 +236,7 @@ def merge(preset, out_dir, sources):
         seeds = sorted({int(s) for row in other["rows"].values() for s in row["per_seed"]})
         note = (
             f"seeds {seeds} merged from `{other['command']}` "
-            f"({other['backend']}, {other['machine']['platform']})"
+            f"({other['backend']}, {machine_name(other)})"
         )
         if report is None:
             report = {**other, "notes": other.get("notes", []) + [note]}

@@ -7,7 +7,6 @@ import weakref
 import keras
 
 from bitat_keras.fit import backend
-from bitat_keras.graph.structure import call_model
 
 __all__ = ["recalibrate_batchnorm"]
 
@@ -18,9 +17,10 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
 
     Short training phases leave the moving statistics behind the weights (BatchNorm's
     momentum 0.99 needs hundreds of steps), so inference-mode accuracy lags training-mode
-    accuracy until the statistics are re-estimated. Under JAX (jitted) and TensorFlow
-    (``tf.function``) the forward passes run traced, once per call (or once for every call
-    with the same ``reuse_key``); under torch eagerly.
+    accuracy until the statistics are re-estimated. The forward passes are stateless (the
+    model's variables change once, at the end); under JAX (jitted) and TensorFlow
+    (``tf.function``) they run traced, once per call (or once for every call with the same
+    ``reuse_key``); under torch eagerly.
 
     Args:
         net: the model whose forward (in training mode) runs the BatchNorms.
@@ -48,15 +48,9 @@ def recalibrate_batchnorm(net, batches, layers=None, reuse_key=None):
     try:
         for bn in others:
             bn.momentum = 1.0  # keep their statistics: only ``layers`` are re-estimated
-        if backend.traced_forward():
-            for bn in bns:
-                bn.momentum = 0.0  # the traced forward's moving statistics are the batch's
-            count = _average_batch_statistics(net, bns, batches, reuse_key)
-        else:
-            for count, x in enumerate(batches, start=1):
-                for bn in bns:
-                    bn.momentum = (count - 1) / count  # 0 first: replace, then running mean
-                call_model(net, x, training=True)
+        for bn in bns:
+            bn.momentum = 0.0  # the forward's moving statistics are the batch's own
+        count = _average_batch_statistics(net, bns, batches, reuse_key)
     finally:
         for bn, m in zip(bns + others, momenta, strict=True):
             bn.momentum = m
@@ -67,10 +61,10 @@ _STATISTICS_FORWARD = weakref.WeakKeyDictionary()  # net -> {BatchNorms: jitted 
 
 
 def _average_batch_statistics(net, bns, batches, reuse_key=None):
-    """One traced forward per batch (traced once per network, set of BatchNorms and input
-    shape, instead of dispatching every operation eagerly), with the momentum of ``bns``
-    at 0, so that each forward returns the batch's mean and variance; their running mean
-    over the batches is assigned at the end, as the eager loop computes it."""
+    """One ``backend.stateless_forward`` per batch (traced once per network, set of
+    BatchNorms and input shape where the backend traces), with the momentum of ``bns`` at
+    0, so that each forward returns the batch's mean and variance; their running mean over
+    the batches is assigned at the end."""
     compiled = _STATISTICS_FORWARD.setdefault(net, {})
     key = (reuse_key, tuple(id(bn) for bn in bns))
     if reuse_key is None or key not in compiled:
