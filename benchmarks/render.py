@@ -79,6 +79,7 @@ METHOD_ORDER = ("full_precision", "naive_ste", "naive_ste_distill", "reactnet", 
 OTHER_ORDER = ("bitat_paper", "bitat_none", "bitat_intra", "bitat_cross")
 BASELINE_ROWS = ("naive_ste", "naive_ste_distill", "reactnet")
 BUDGET_SUFFIXES = ("_0.25x", "_0.5x", "", "_2x", "_4x")
+MAIN_ROWS = ("naive_ste", "naive_ste_distill", "reactnet", "bitat")  # paper_table.py --rows
 
 
 def row_order(names):
@@ -97,8 +98,9 @@ def row_order(names):
 
 
 def paper_command(report):
-    """The ``paper_table.py`` command that runs every row of the report: its preset, the
-    budgets and the groups of rows it holds (all of the preset's seeds)."""
+    """The ``paper_table.py`` command that runs every row of the report: its preset, its
+    seeds (when not all of the preset's), the budgets and the groups of rows it holds, and
+    its main rows (when not all of them ran)."""
     rows = report["rows"]
     budgets = sorted(
         {
@@ -124,9 +126,20 @@ def paper_command(report):
         if any(re.fullmatch(rf"{name}_\d+_images", n) for n in rows):
             groups.append(f"more_data_{name}")
     text = _preset_command(report, "paper_table.py")
+    seeds = _seeds(rows)
+    if len(seeds) < report["settings"].get("seeds", len(seeds)):  # some seeds only
+        text += "".join(f" --seed {s}" for s in seeds)
     if budgets:
         text += " --budgets " + ",".join(f"{b:g}" for b in budgets)
-    return text + " --groups " + (",".join(groups) or "''")
+    text += " --groups " + (",".join(groups) or "''")
+    rates = report["settings"].get("baseline_lr")
+    if isinstance(rates, dict):  # the baselines the preset has a learning rate for
+        wanted = [m for m in MAIN_ROWS if m in rates or m == "bitat"]
+    else:  # one rate for every baseline (earlier reports)
+        wanted = ["naive_ste", "reactnet", "bitat"]
+    row = {"bitat": "bitat_aggregated"}
+    ran = [m for m in wanted if any(f"{row.get(m, m)}{s}" in rows for s in BUDGET_SUFFIXES)]
+    return text + (" --rows " + ",".join(ran) if ran != wanted else "")
 
 
 def _learning_rates(row):

@@ -444,6 +444,27 @@ def test_device_matrix_plans_teachers_first_and_every_row_after_its_teacher(tmp_
     assert all(a[a.index("--budgets") + 1] == "0.5" for _, a in rows[-8:])
 
 
+def test_paper_command_names_the_seeds_and_main_rows_of_a_partial_run():
+    import render
+
+    def row(budget):
+        return {"per_seed": {"0": {"budget": budget}}}
+
+    rows = {"full_precision": row(None)}
+    rows.update({f"{n}_0.25x": row(0.25) for n in ("naive_ste", "reactnet", "bitat_aggregated")})
+    rates = {"naive_ste": 8e-3, "naive_ste_distill": 8e-3, "reactnet": 4e-3}
+    report = {"preset": "cpu_strong", "rows": rows, "settings": {"seeds": 3, "baseline_lr": rates}}
+    assert render.paper_command(report) == (
+        "python benchmarks/paper_table.py --preset cpu_strong --seed 0 --budgets 0.25 "
+        "--groups '' --rows naive_ste,reactnet,bitat"
+    )
+    report["settings"]["seeds"] = 1  # every seed of the preset and every main row: no flags
+    rows["naive_ste_distill_0.25x"] = row(0.25)
+    assert render.paper_command(report) == (
+        "python benchmarks/paper_table.py --preset cpu_strong --budgets 0.25 --groups ''"
+    )
+
+
 @pytest.mark.parametrize("preset", ["cpu", "cpu_strong", "lowdata", "full"])
 def test_committed_paper_tables_agree_with_their_seeds_and_render_as_committed(preset):
     """A committed report's row means are the means of its per-seed results, its goals are
