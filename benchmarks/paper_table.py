@@ -63,6 +63,12 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
         recipe=settings.get("teacher"),
         host=record.get("host"),  # a cached teacher's own host (None: cached before hosts)
     )
+
+    def point(name, budget, seconds, acc):  # saved at once: a stopped run keeps it
+        bench.curves[name].append((budget, seed, seconds, acc))
+        if bench.on_row is not None:
+            bench.on_row()
+
     for budget in settings["budgets"]:
         if budget == 4 and "budget4" not in groups:
             continue
@@ -73,14 +79,14 @@ def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):
             acc, seconds = baseline_row(
                 bench, name + budget_name(budget), name, fp, seed, epochs, budget
             )
-            bench.curves[name].append((budget, seed, seconds, acc))
+            point(name, budget, seconds, acc)
         if "bitat" not in only:
             continue
         row = "bitat_aggregated" + budget_name(budget)
         result, acc = bench.bitat_row(
             row, fp, seed, budget, validate=seed == 0 and budget == 1, **overrides
         )
-        bench.curves["bitat"].append((budget, seed, result.seconds, acc))
+        point("bitat", budget, result.seconds, acc)
         if seed == 0 and budget == 1:
             bench.rows[row][seed]["history"] = slim_history(result.history)
             if keras.backend.backend() == "tensorflow" and "deploy" in groups:
