@@ -36,12 +36,16 @@ from harness import (
     machine_name,
     same_settings,
 )
-from render import mean_and_error, paired_seeds, row_order  # noqa: F401  (row_order: tests)
+from render import (  # noqa: F401  (row_order: tests)
+    MAIN_ROWS,
+    mean_and_error,
+    paired_seeds,
+    row_order,
+)
 
 import bitat_keras as bk
 
 ABLATIONS = ("none", "intra", "cross")
-MAIN_ROWS = (*BASELINES, "bitat")
 
 
 def run_seed(bench, seed, groups, overrides=None, only=MAIN_ROWS):

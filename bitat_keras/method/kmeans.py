@@ -20,11 +20,10 @@ def squared_distances(points, point_norms, centres):
     return np.maximum(out, 0.0)
 
 
-def kmeans_plus_plus(points, k, rng, point_norms=None):
-    """Indices of ``k`` seed points of ``points`` (n, D), greedy k-means++."""
+def kmeans_plus_plus(points, k, rng, point_norms):
+    """Indices of ``k`` seed points of ``points`` (n, D, squared norms ``point_norms``),
+    greedy k-means++."""
     n = len(points)
-    if point_norms is None:
-        point_norms = np.einsum("ij,ij->i", points, points)
     trials = 2 + int(np.log(k))
     chosen = [int(rng.integers(n))]
     closest = squared_distances(points, point_norms, points[chosen])[:, 0]
