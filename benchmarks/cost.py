@@ -7,6 +7,11 @@ steps of the same network) and the time from the call to the first optimizer ste
     python benchmarks/cost.py --network cpu --images 20000            # the cpu network's setting
     KERAS_BACKEND=jax python benchmarks/cost.py --network cpu --images 6000
     python benchmarks/cost.py --network full --images 2000
+    python benchmarks/cost.py --network cpu --images 6000 --augment   # as users train
+
+``--augment`` trains every method on augmented batches (``cpu_strong``'s shift and flip):
+the images differ in every epoch, so the teacher's logits cannot be computed once and every
+distilling step runs the teacher.
 
 The epochs of every method are BiTAT's default schedule on the network (L layers x
 ``epochs_per_layer`` + ``final_epochs``). Results go to ``results/cost_<network>_<backend>``
@@ -162,7 +167,8 @@ def per_layer_work(kinds, layers, step_seconds):
 
 
 def run_method(method, fp, train, epochs, batch, seed):
-    """Train one method from ``fp``; returns (model, row)."""
+    """Train one method from ``fp`` on ``train`` (arrays or augmented batches); returns
+    (model, row)."""
     timer = StepTimer()
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
@@ -244,6 +250,11 @@ def main(argv=None):
     parser.add_argument("--fp-epochs", type=int, default=10)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="train the binary methods on augmented batches (cpu_strong's shift and flip)",
+    )
     parser.add_argument("--out", default=render.RESULTS)
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -255,6 +266,10 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     fp = harness.network(settings, shape, classes)
     fp_ms = train_fp(fp, train, args.fp_epochs, batch)
+    augment = harness.PRESETS["cpu_strong"]["augment"] if args.augment else None
+    data = train
+    if augment:
+        data = datasets.augmented_batches(*train, batch_size=batch, seed=args.seed, **augment)
     layers = len(bk.models.eligible_layers(fp))
     defaults = bk.BiTATConfig()
     epochs = int(layers * defaults.epochs_per_layer + defaults.final_epochs)
@@ -266,6 +281,7 @@ def main(argv=None):
         "backend": keras.backend.backend(),
         "network": args.network,
         "images": len(train[0]),
+        "augment": augment,
         "test_images": len(test[0]),
         "batch": batch,
         "layers": layers,
@@ -274,9 +290,10 @@ def main(argv=None):
         "rows": {},
     }
     base = os.path.join(args.out, f"cost_{args.network}_{report['backend']}")
+    base += "_augmented" if augment else ""
     for method in args.methods.split(","):
         print(f"[cost] {method}: {epochs} epochs", flush=True)
-        model, row = run_method(method, fp, train, epochs, batch, args.seed)
+        model, row = run_method(method, fp, data, epochs, batch, args.seed)
         row["accuracy"] = training.accuracy(model, *test)
         report["rows"][method] = row
         print(f"[cost] {method}: {row['seconds']:.1f} s, {100 * row['accuracy']:.2f} %", flush=True)

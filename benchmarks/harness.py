@@ -11,6 +11,7 @@ import time
 
 import keras
 import numpy as np
+import render  # beside this file
 
 import bitat_keras as bk
 from bitat_keras import datasets
@@ -28,12 +29,18 @@ for spec in [*SETTINGS["presets"].values(), *SETTINGS["latency"]["networks"].val
     if spec.get("blocks") == "demo":
         spec["blocks"] = DEMO_BLOCKS
 PRESETS = SETTINGS["presets"]
-# The baselines every benchmark runs, by row name.
-BASELINES = {
-    "naive_ste": baselines.naive_ste,
-    "naive_ste_distill": lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
-    "reactnet": baselines.reactnet_two_step,
-}
+# The baselines every benchmark runs, by row name (the names: render.BASELINE_ROWS).
+BASELINES = dict(
+    zip(
+        render.BASELINE_ROWS,
+        (
+            baselines.naive_ste,
+            lambda *a, **k: baselines.naive_ste(*a, distill=True, **k),
+            baselines.reactnet_two_step,
+        ),
+        strict=True,
+    )
+)
 
 
 def budget_name(budget):
@@ -76,16 +83,6 @@ def network(settings, shape, classes):
         blocks=settings["blocks"],
         stem_strides=settings["stem_strides"],
     )
-
-
-def balanced_subset(y, size, seed):
-    """Indices of ``size`` samples, class-balanced (counts differ by at most one), seeded."""
-    rng = np.random.default_rng([seed, size])
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
-    order = [i for group in zip(*per_class, strict=False) for i in group]
-    if size > len(order):
-        raise ValueError(f"Asked for {size} samples; only {len(order)} can be balanced.")
-    return np.sort(np.asarray(order[:size]))
 
 
 def teacher_path(folder, preset, seed):
@@ -174,7 +171,7 @@ class Bench:
         x, y = self.train
         size = size or self.settings.get("subset")
         if size:
-            rows = balanced_subset(y, size, seed)
+            rows = datasets.balanced_subset(y, size, seed)
             x, y = x[rows], y[rows]
         augment = self.settings.get("augment")
         if not augment:

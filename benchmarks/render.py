@@ -384,6 +384,17 @@ PER_LAYER_KINDS = (
 )
 
 
+def _augmentation(augment):
+    """How the binary methods' batches were augmented (nothing when they were not)."""
+    if not augment:
+        return ""
+    flip = " and left-right flips" if augment.get("flip") else ""
+    return (
+        f", augmented in every epoch (shifts up to {augment['shift']} pixels{flip}: the "
+        "teacher runs in every distilling step)"
+    )
+
+
 def cost(report):
     rows = report["rows"]
     lines = [
@@ -392,7 +403,8 @@ def cost(report):
         "",
         f"Command: `{command(report['command'])}`",
         "",
-        f"Versions: {report['versions']}. {report['images']} training images, {report['epochs']} "
+        f"Versions: {report['versions']}. {report['images']} training images"
+        f"{_augmentation(report.get('augment'))}, {report['epochs']} "
         f"epochs each (BiTAT's default schedule on {report['layers']} layers), batch "
         f"{report['batch']}; full precision: {100 * report['fp']['accuracy']:.2f} % "
         f"({report['fp']['step_ms']:.1f} ms per step).",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DATASETS",
     "augmented_batches",
+    "balanced_subset",
     "CorruptDatasetError",
     "DatasetUnavailableError",
     "fashion_mnist_source",
@@ -409,13 +410,25 @@ def _load_digits(split):
 # Subsets.
 
 
-def _balanced_subset(y, limit, seed):
-    """Indices of a seeded, class-balanced subset of size `limit`, in ascending order.
+def balanced_subset(y, limit, seed):
+    """Indices of a seeded, class-balanced subset of size ``limit``, in ascending order.
 
     A seeded permutation is taken; examples are then picked round-robin over classes (the
     first of each class in the permuted order, then the second of each, ...). Class counts
     thus differ by at most one while every class has examples left, and for a fixed seed a
     smaller subset is contained in a larger one.
+
+    Args:
+        y: the integer labels, shape ``(n,)``.
+        limit: the subset's size (all ``n`` indices when ``limit >= n``).
+        seed: the permutation's seed.
+
+    Returns:
+        The indices, a sorted int array.
+
+    Example:
+        >>> balanced_subset(np.array([0, 0, 0, 1]), 2, seed=0).tolist()  # doctest: +SKIP
+        [2, 3]
     """
     n = len(y)
     if limit >= n:
@@ -766,6 +779,6 @@ def load(
     else:
         x, y = _load_digits(split)
     if limit is not None:
-        idx = _balanced_subset(y, limit, seed)
+        idx = balanced_subset(y, limit, seed)
         x, y = x[idx], y[idx]
     return x, y

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import bitat_keras as bk
+from bitat_keras import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,10 +237,10 @@ def test_budget_helpers():
     assert [harness.budget_name(b) for b in (1, 2, 0.25, 0.5)] == ["", "_2x", "_0.25x", "_0.5x"]
     assert harness.budget_epochs(0.25, 48) == 12 and harness.budget_epochs(0.25, 4) == 2
     y = np.repeat(np.arange(4), [10, 3, 7, 5])
-    rows = harness.balanced_subset(y, 10, seed=1)
+    rows = datasets.balanced_subset(y, 10, seed=1)
     assert sorted(np.bincount(y[rows])) == [2, 2, 3, 3]
-    assert not np.array_equal(rows, harness.balanced_subset(y, 10, seed=2))
-    np.testing.assert_array_equal(rows, harness.balanced_subset(y, 10, seed=1))
+    assert not np.array_equal(rows, datasets.balanced_subset(y, 10, seed=2))
+    np.testing.assert_array_equal(rows, datasets.balanced_subset(y, 10, seed=1))
     names = ["bitat_none", "reactnet_2x", "naive_ste_0.25x", "full_precision", "naive_ste"]
     assert paper_table.row_order(names) == [
         "full_precision",
@@ -542,3 +543,24 @@ def test_cost_script_times_every_method_and_bitats_work_per_layer(tmp_path):
     text = (tmp_path / "cost_mini_tensorflow.md").read_text()
     assert "| bitat |" in text and "per layer" in text
     assert (tmp_path / "cost_mini_tensorflow.png").stat().st_size > 1000
+
+
+def test_cost_script_on_augmented_batches_runs_the_teacher_in_every_step(tmp_path):
+    """``cost.py --augment``: every method trains on augmented batches (new images every
+    epoch), so BiTAT with the teacher computes no logits up front; the report says how the
+    batches were augmented and goes to its own file."""
+    run_benchmark(
+        "cost.py", "--network", "mini", "--images", 500, "--fp-epochs", 2,
+        "--methods", "naive_ste,bitat_distill", "--augment", "--out", tmp_path,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "cost_mini_tensorflow_augmented.json").read_text())
+    assert report["augment"] == {"shift": 2, "flip": True}
+    rows = report["rows"]
+    assert list(rows) == ["naive_ste", "bitat_distill"]
+    steps_per_epoch = -(-report["images"] // report["batch"])
+    for row in rows.values():
+        assert row["steps"] == report["epochs"] * steps_per_epoch
+    assert rows["bitat_distill"]["per_layer"]["teacher_seconds"] == 0.0
+    text = (tmp_path / "cost_mini_tensorflow_augmented.md").read_text()
+    assert "augmented in every epoch (shifts up to 2 pixels and left-right flips" in text
+    assert not (tmp_path / "cost_mini_tensorflow.json").exists()

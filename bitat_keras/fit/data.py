@@ -287,9 +287,15 @@ class TrainData:
         Returns:
             Whether the logits were cached.
         """
-        if self.teacher_logits is None and self.dataset is None and self.augment is None:
+        if self.teacher_logits is None and self.fixed_images:
             self.teacher_logits = teacher_outputs(teacher, self.x, self.batch_size)
         return self.teacher_logits is not None
+
+    @property
+    def fixed_images(self):
+        """Whether every epoch shows the same images (numpy arrays without augmentation),
+        so that the teacher's logits of them can be computed once."""
+        return self.dataset is None and self.augment is None
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with

@@ -243,15 +243,20 @@ class PhaseRunner:
 
     def trainable_above(self, boundary, block=None):
         """ids of the weights that train: every layer above ``net.layers[boundary]``, and
-        the s and V of ``block``."""
+        the s and V of ``block``; not the input threshold of a layer whose input stays real
+        in the phase (it does not enter the loss: Keras would warn of a missing gradient)."""
         ids = phases.weights_above(self.net, self.position, boundary)
+        for name, (binary_input, _) in zip(self.names, self.trainer.binary_state(), strict=True):
+            threshold = self.net.get_layer(name).threshold
+            if threshold is not None and not binary_input:
+                ids.discard(id(threshold))
         if block is not None and self.trainer.blocks[block].s is not None:
             ids.update({id(self.trainer.blocks[block].s), id(self.trainer.blocks[block].v)})
         return ids
 
     def fit(self, record, lr, epochs, trainable, seed):
         guard = phases.PhaseMonitor()
-        if self.trainer.distilling and self.data.teacher_logits is None:  # once, if it can
+        if self.trainer.distilling and self.data.teacher_logits is None and self.data.fixed_images:
             with timed(record, "teacher"):
                 self.data.cache_teacher(self.trainer.teacher)
         kwargs, steps = self.data.phase_kwargs(epochs, seed)
