@@ -316,6 +316,36 @@ def test_tf_data_input_works_and_empty_dataset_is_rejected(digits):
         bk.progressive_fit(model, ds.take(0), config=config, verbose=0)
 
 
+def test_a_dataset_trains_through_one_iterator_a_pass_per_epoch(digits):
+    """Every fit over a tf.data.Dataset (the baselines', each phase's) reads one iterator
+    over its repeated passes, ``steps`` batches per Keras epoch, and the same object in
+    every phase; evaluation reads one pass. Each Keras epoch is then one whole pass."""
+    import tensorflow as tf
+
+    from bitat_keras.fit.data import TrainData
+
+    x, y = digits
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=1).batch(100)
+    model = bk.models.reactnet_mobilenet(
+        (8, 8, 1), num_classes=10, width_multiplier=0.25, blocks=[(64, 1)]
+    )
+    data = TrainData(ds, model, batch_size=100)
+    kwargs = data.fit_kwargs(seed=0)
+    whole, steps = data.phase_kwargs(2, seed=1)
+    part, part_steps = data.phase_kwargs(0.5, seed=2)
+    assert kwargs["x"] is whole["x"] is part["x"]  # one object: no retrace per phase
+    assert int(kwargs["x"].cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+    assert kwargs["steps_per_epoch"] == whole["steps_per_epoch"] == data.steps
+    assert (whole["epochs"], steps) == (2, 2 * data.steps)
+    assert (part["epochs"], part["steps_per_epoch"]) == (1, part_steps)
+    assert data.eval_kwargs()["x"] is ds
+    labels = [np.asarray(b[1]) for b in kwargs["x"].take(2 * data.steps)]
+    first, second = (np.concatenate(labels[i * data.steps : (i + 1) * data.steps]) for i in (0, 1))
+    for one_pass in (first, second):  # each epoch's batches: every sample once
+        np.testing.assert_array_equal(np.sort(one_pass), np.sort(y))
+    assert not np.array_equal(first, second)  # reshuffled between passes, as before
+
+
 @pytest.mark.parametrize("name", ["cross", "filter", "none"])
 def test_other_ablations_run_and_size_v_as_documented(digits, name):
     model = bk.models.reactnet_mobilenet(

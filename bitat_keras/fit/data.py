@@ -256,11 +256,24 @@ class TrainData:
             )
 
     def fit_kwargs(self, seed):
-        """Arguments for ``fit`` or ``evaluate``: the dataset, or the arrays (and
-        ``sample_weight``) as ``SeededBatches`` whose order ``seed`` draws."""
+        """Arguments for ``fit``: the arrays (and ``sample_weight``) as ``SeededBatches``
+        whose order ``seed`` draws, or the dataset as one iterator over its repeated passes,
+        a pass per Keras epoch (``steps_per_epoch``). A new iterator per epoch, as Keras
+        makes for a finite dataset, stalled the first step of many epochs by 4-5 s under
+        TensorFlow (the CPU benchmark's augmented pipeline)."""
         if self.dataset is not None:
-            return {"x": self.dataset, "shuffle": False}
+            return {"x": self._passes(), "steps_per_epoch": self.steps, "shuffle": False}
         return {"x": self._seeded(seed), "shuffle": False}
+
+    def eval_kwargs(self):
+        """Arguments for ``evaluate``: one pass over the data, in order."""
+        return {"x": self.dataset if self.dataset is not None else self._seeded(0)}
+
+    def _passes(self):
+        """The dataset repeated: one object for every phase (a new one would retrace)."""
+        if self._repeated is None:
+            self._repeated = self.dataset.repeat()
+        return self._repeated
 
     def _seeded(self, seed, steps=None):
         """The arrays as ``SeededBatches`` drawn from ``seed`` (and the data's own seed)."""
@@ -302,12 +315,9 @@ class TrainData:
         a data order drawn from ``seed``, and the number of optimizer steps they make."""
         steps = max(int(round(epochs * self.steps)), 1)
         whole = float(epochs).is_integer()
-        if self.dataset is not None:
-            if whole:
-                return {"x": self.dataset, "shuffle": False, "epochs": int(epochs)}, steps
-            if self._repeated is None:  # one object for every phase: no retrace
-                self._repeated = self.dataset.repeat()
-            kwargs = {"x": self._repeated, "steps_per_epoch": steps, "epochs": 1}
+        if self.dataset is not None:  # a pass per epoch, or the steps in one epoch
+            per_epoch, epochs = (self.steps, int(epochs)) if whole else (steps, 1)
+            kwargs = {"x": self._passes(), "steps_per_epoch": per_epoch, "epochs": epochs}
             return {**kwargs, "shuffle": False}, steps
         # shuffle=False: the order is SeededBatches' own (Keras would shuffle the batches
         # with Python's global random state, which a resumed run does not share).

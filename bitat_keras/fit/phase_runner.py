@@ -299,7 +299,7 @@ class PhaseRunner:
         start = time.perf_counter()
         distill = self.trainer.distilling
         self.trainer.set_distill(False)
-        loss, acc = self.trainer.evaluate(**_eval_kwargs(self.val), verbose=0)[:2]
+        loss, acc = self.trainer.evaluate(**self.val.eval_kwargs(), verbose=0)[:2]
         self.trainer.set_distill(distill)
         record.val_loss, record.val_accuracy = float(loss), float(acc)
         record.seconds["evaluate"] = time.perf_counter() - start
@@ -436,9 +436,3 @@ class PhaseRunner:
             for i, layers in enumerate(meta["transforms"])
         ]
         return completed
-
-
-def _eval_kwargs(data):
-    kwargs = data.fit_kwargs(seed=0)
-    kwargs.pop("shuffle", None)
-    return kwargs
