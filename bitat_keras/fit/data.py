@@ -300,15 +300,15 @@ class TrainData:
         Returns:
             Whether the logits were cached.
         """
-        if self.teacher_logits is None and self.fixed_images:
+        if self.teacher_pass_due:
             self.teacher_logits = teacher_outputs(teacher, self.x, self.batch_size)
         return self.teacher_logits is not None
 
     @property
-    def fixed_images(self):
-        """Whether every epoch shows the same images (numpy arrays without augmentation),
-        so that the teacher's logits of them can be computed once."""
-        return self.dataset is None and self.augment is None
+    def teacher_pass_due(self):
+        """Whether ``cache_teacher`` would compute the teacher's logits now: not yet
+        computed, and every epoch shows the same images (numpy arrays, no augmentation)."""
+        return self.teacher_logits is None and self.dataset is None and self.augment is None
 
     def phase_kwargs(self, epochs, seed):
         """``fit`` arguments for ``epochs`` (a whole or fractional number) of training with

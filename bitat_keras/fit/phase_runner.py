@@ -256,7 +256,7 @@ class PhaseRunner:
 
     def fit(self, record, lr, epochs, trainable, seed):
         guard = phases.PhaseMonitor()
-        if self.trainer.distilling and self.data.teacher_logits is None and self.data.fixed_images:
+        if self.trainer.distilling and self.data.teacher_pass_due:  # once, if it can
             with timed(record, "teacher"):
                 self.data.cache_teacher(self.trainer.teacher)
         kwargs, steps = self.data.phase_kwargs(epochs, seed)
