@@ -449,6 +449,40 @@ def cost(report):
     return _lines(lines)
 
 
+def frozen_prefix(report):
+    shares = report["shares_from_layer"]
+    lines = [
+        f"# What a phase's frozen layers cost: `{report['network']}` network",
+        "",
+        f"Command: `{command(report['command'])}`",
+        "",
+        f"Versions: {report['versions']}. {report['multiply_adds']:,} multiply-adds per "
+        "image (convolutions and dense layers: kernel size times output "
+        "positions).",
+        "",
+        "Share of them from each binarized layer up (the layers a quantize phase trains, "
+        f"whose backward pass it runs): {', '.join(f'{v:.2f}' for v in shares.values())} "
+        f"(mean {sum(shares.values()) / len(shares):.2f}; layers {', '.join(shares)}).",
+        "",
+        f"Training steps at the last tensor below each binarized layer that cuts the network in "
+        f"two, full precision, batch "
+        f"{report['batch']}, medians of {report['epochs']} passes over {report['images']:,} "
+        "images: the whole network with the layers up to the cut frozen (run in every step, "
+        "BatchNorm in training mode) against the layers above alone on their stored outputs.",
+        "",
+        "| cut | share above | ms, frozen layers run | ms, stored inputs | saved | store pass s "
+        "| KiB per image |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, c in report["cuts"].items():
+        saved = 1 - c["above_ms"] / c["whole_ms"]
+        lines.append(
+            f"| {name} | {c['share_above']:.2f} | {c['whole_ms']:.0f} | {c['above_ms']:.0f} | "
+            f"{100 * saved:.0f} % | {c['store_seconds']:.2f} | {c['stored_kib_per_image']:.0f} |"
+        )
+    return _lines(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # converge.py: results/converge_<preset>.md
 
@@ -849,6 +883,7 @@ def own_models(results):
 
 RENDERERS = (
     ("cost_", cost),
+    ("frozen_prefix_", frozen_prefix),
     ("converge_", converge),
     ("sweep_", sweep),
     ("deployment_", deployment),

@@ -545,6 +545,48 @@ def test_cost_script_times_every_method_and_bitats_work_per_layer(tmp_path):
     assert (tmp_path / "cost_mini_tensorflow.png").stat().st_size > 1000
 
 
+def test_multiply_adds_are_kernel_size_times_output_positions():
+    """frozen_prefix.multiply_adds and shares_from against the count by hand: a 3x3 conv
+    1 -> 4 channels on 8x8 ('same'), a strided 1x1 conv 4 -> 6 (4x4 outputs), a dense 6 -> 3;
+    the only tensor below the 1x1 conv that cuts the network in two is the 3x3 conv's."""
+    import keras
+    from frozen_prefix import cuts, multiply_adds, shares_from
+
+    x = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(x)
+    b = keras.layers.Conv2D(6, 1, strides=2, name="b")(a)
+    d = keras.layers.Dense(3, name="d")(keras.layers.GlobalAveragePooling2D(name="g")(b))
+    model = keras.Model(x, d)
+    assert multiply_adds(model) == [("a", 3 * 3 * 4 * 64), ("b", 4 * 6 * 16), ("d", 6 * 3)]
+    total = 3 * 3 * 4 * 64 + 4 * 6 * 16 + 6 * 3
+    assert shares_from(model, ["a", "b"]) == pytest.approx({"a": 1.0, "b": (384 + 18) / total})
+    assert cuts(model, ["b", "d"]) == ["a", "g"]
+    # a shortcut around "b": "a" no longer cuts the network below "d" alone, "add" does
+    skip = keras.layers.Add(name="add")([keras.layers.Conv2D(4, 1, name="c")(a), a])
+    model = keras.Model(x, keras.layers.Dense(3, name="e")(keras.layers.Flatten(name="f")(skip)))
+    assert cuts(model, ["c", "e"]) == ["a", "f"]
+
+
+def test_frozen_prefix_script_times_steps_above_each_cut(tmp_path):
+    """benchmarks/frozen_prefix.py on the seconds-scale network: a cut below each binarized
+    layer with both step times, the stored outputs' size and the multiply-add shares."""
+    run_benchmark(
+        "frozen_prefix.py", "--network", "mini", "--images", 256, "--epochs", 1,
+        "--out", tmp_path,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "frozen_prefix_mini.json").read_text())
+    shares = report["shares_from_layer"]
+    assert list(shares)[0] == "block1_conv3x3" and list(shares.values()) == sorted(
+        shares.values(), reverse=True
+    )
+    assert report["cuts"] and all(
+        c["whole_ms"] > 0 and c["above_ms"] > 0 and 0 <= c["share_above"] <= 1
+        for c in report["cuts"].values()
+    )
+    text = (tmp_path / "frozen_prefix_mini.md").read_text()
+    assert "| stem_bn |" in text and "multiply-adds per image" in text
+
+
 def test_cost_script_on_augmented_batches_runs_the_teacher_in_every_step(tmp_path):
     """``cost.py --augment``: every method trains on augmented batches (new images every
     epoch), so BiTAT with the teacher computes no logits up front; the report says how the
