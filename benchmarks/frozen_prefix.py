@@ -81,9 +81,8 @@ def measure_cut(model, name, x, y, batch, epochs):
     """One cut: steps of the whole network with the layers up to ``name`` frozen (their
     variables not trainable one by one, so BatchNorm stays in training mode), the store
     pass, and steps of the layers above on the stored outputs."""
-    below = {
-        layer.name for layer in model.layers[: [lay.name for lay in model.layers].index(name) + 1]
-    }
+    order = [layer.name for layer in model.layers]
+    below = set(order[: order.index(name) + 1])
     try:
         for layer in model.layers:
             for v in layer.weights:

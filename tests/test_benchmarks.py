@@ -587,6 +587,22 @@ def test_frozen_prefix_script_times_steps_above_each_cut(tmp_path):
     assert "| stem_bn |" in text and "multiply-adds per image" in text
 
 
+@pytest.mark.slow
+def test_setup_time_script_times_keras_and_bitat_to_the_first_step(tmp_path):
+    """benchmarks/setup_time.py (ResNet50, three fresh processes): every variant's seconds,
+    BiTAT's split at its first fit, the ratio the report states."""
+    run_benchmark("setup_time.py", "--out", tmp_path)
+    report = json.loads((tmp_path / "setup_time.json").read_text())
+    v = report["variants"]
+    assert set(v) == {"keras", "bitat", "bitat_transform_none"}
+    for name in ("bitat", "bitat_transform_none"):
+        assert v[name]["before_fit"] + v[name]["first_step"] == pytest.approx(v[name]["seconds"])
+    assert report["bitat_over_keras"] == pytest.approx(
+        v["bitat"]["seconds"] / v["keras"]["seconds"]
+    )
+    assert "BiTAT / Keras" in (tmp_path / "setup_time.md").read_text()
+
+
 def test_cost_script_on_augmented_batches_runs_the_teacher_in_every_step(tmp_path):
     """``cost.py --augment``: every method trains on augmented batches (new images every
     epoch), so BiTAT with the teacher computes no logits up front; the report says how the
