@@ -43,12 +43,15 @@ def multiply_adds(model):
     return out
 
 
-def shares_from(model, names):
-    """The share of ``model``'s multiply-adds in the layers from each of ``names`` up."""
-    macs = multiply_adds(model)
+def shares_from(macs):
+    """``{layer name: share}``: the share of the multiply-adds ``macs`` (``multiply_adds``)
+    in each layer and the layers after it."""
     total = sum(m for _, m in macs)
-    order = [n for n, _ in macs]
-    return {n: sum(m for _, m in macs[order.index(n) :]) / total for n in names}
+    shares, rest = {}, total
+    for name, m in macs:
+        shares[name] = rest / total
+        rest -= m
+    return shares
 
 
 def cuts(model, names):
@@ -120,8 +123,8 @@ def main(argv=None):
     keras.utils.set_random_seed(0)
     model = harness.network(settings, x.shape[1:], datasets.num_classes(settings["dataset"]))
     binarized = list(bk.models.eligible_layers(model))
-    shares = shares_from(model, binarized)
     macs = multiply_adds(model)
+    share_of = shares_from(macs)
     report = {
         "command": " ".join(["python", "benchmarks/frozen_prefix.py", *(argv or sys.argv[1:])]),
         "machine": harness.host(),
@@ -131,15 +134,14 @@ def main(argv=None):
         "batch": settings["batch"],
         "epochs": args.epochs,
         "multiply_adds": sum(m for _, m in macs),
-        "shares_from_layer": shares,
+        "shares_from_layer": {name: share_of[name] for name in binarized},
         "cuts": {},
     }
-    share_of = shares_from(model, [n for n, _ in macs])
     order = [layer.name for layer in model.layers]
     for name in cuts(model, binarized):
-        above = [n for n in share_of if order.index(n) > order.index(name)]
+        above = (share_of[n] for n in share_of if order.index(n) > order.index(name))
         row = measure_cut(model, name, x, y, settings["batch"], args.epochs)
-        row["share_above"] = share_of[above[0]] if above else 0.0
+        row["share_above"] = next(above, 0.0)
         report["cuts"][name] = row
         print(
             f"[frozen_prefix] {name}: {row['whole_ms']:.0f} / {row['above_ms']:.0f} ms", flush=True

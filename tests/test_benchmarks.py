@@ -559,7 +559,9 @@ def test_multiply_adds_are_kernel_size_times_output_positions():
     model = keras.Model(x, d)
     assert multiply_adds(model) == [("a", 3 * 3 * 4 * 64), ("b", 4 * 6 * 16), ("d", 6 * 3)]
     total = 3 * 3 * 4 * 64 + 4 * 6 * 16 + 6 * 3
-    assert shares_from(model, ["a", "b"]) == pytest.approx({"a": 1.0, "b": (384 + 18) / total})
+    assert shares_from(multiply_adds(model)) == pytest.approx(
+        {"a": 1.0, "b": (384 + 18) / total, "d": 18 / total}
+    )
     assert cuts(model, ["b", "d"]) == ["a", "g"]
     # a shortcut around "b": "a" no longer cuts the network below "d" alone, "add" does
     skip = keras.layers.Add(name="add")([keras.layers.Conv2D(4, 1, name="c")(a), a])
